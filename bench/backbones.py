@@ -1,0 +1,120 @@
+"""Speed and memory of dinov3nb backbones against Hugging Face transformers and timm, side by side.
+
+    python bench/backbones.py            # full run (a few minutes on 2 cores)
+    python bench/backbones.py --quick    # fewer repeats, a smoke test
+    python bench/backbones.py --settings vits16-224-b1 convnext_t-224-b1
+
+Same process, 2 threads, fp32, `torch.inference_mode()`, random weights, identical architectures.
+Candidates run round-robin (one forward of each in turn, after a warm-up) so that drifts in machine
+speed hit all of them alike; the table reports medians. Peak memory is the growth of the process's peak
+resident set of a fresh process that imports the library, builds the model and runs one forward
+(imports and weights included, as a user's process would see it).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+SETTINGS = {  # name: (family, size, image side, batch)
+    "vits16-224-b1": ("vits16", 224, 1), "vits16-224-b8": ("vits16", 224, 8), "vits16-448-b1": ("vits16", 448, 1),
+    "vitb16-224-b1": ("vitb16", 224, 1), "vitb16-224-b8": ("vitb16", 224, 8), "convnext_t-224-b1": ("convnext_t", 224, 1),
+}
+VIT = {"vits16": dict(D=384, L=12, h=6), "vitb16": dict(D=768, L=12, h=12)}
+
+
+def ours(arch:str):
+    from dinov3nb.backbones import build
+    name = {"vits16": "dinov3_vits16", "vitb16": "dinov3_vitb16", "convnext_t": "dinov3_convnext_tiny"}[arch]
+    m = build(name).eval()
+    return lambda x: m.forward_features(x)["x_norm_patchtokens"]
+
+
+def huggingface(arch:str):
+    import transformers
+    if arch == "convnext_t":
+        m = transformers.DINOv3ConvNextModel(transformers.DINOv3ConvNextConfig(hidden_sizes=[96, 192, 384, 768],
+                                                                               depths=[3, 3, 9, 3])).eval()
+    else:
+        a = VIT[arch]
+        m = transformers.DINOv3ViTModel(transformers.DINOv3ViTConfig(
+            hidden_size=a["D"], num_hidden_layers=a["L"], num_attention_heads=a["h"], intermediate_size=4 * a["D"],
+            num_register_tokens=4, patch_size=16, layerscale_value=1e-5)).eval()
+    return lambda x: m(pixel_values=x).last_hidden_state
+
+
+def timm_model(arch:str):
+    if arch == "convnext_t": return None  # timm has no DINOv3 ConvNeXt
+    import timm
+    m = timm.create_model({"vits16": "vit_small_patch16_dinov3_qkvb", "vitb16": "vit_base_patch16_dinov3_qkvb"}[arch],
+                          pretrained=False, dynamic_img_size=True).eval()
+    return lambda x: m.forward_features(x)
+
+
+def peak_rss_mb(impl:str, setting:str) -> float:
+    "Peak resident memory (MB) of a fresh process that builds `impl` for `setting` and runs one forward."
+    import subprocess, sys
+    r = subprocess.run([sys.executable, __file__, "--_memory", impl, setting], capture_output=True, text=True)
+    try: return float(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError): return float("nan")
+
+
+def _memory_child(impl:str, setting:str) -> None:
+    import resource
+    torch.set_num_threads(2)
+    arch, side, batch = SETTINGS[setting]
+    fn = {"dinov3nb": ours, "huggingface": huggingface, "timm": timm_model}[impl](arch)
+    with torch.inference_mode(): fn(torch.randn(batch, 3, side, side))
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def run_setting(name:str, repeats:int, warmup:int) -> list[dict]:
+    arch, side, batch = SETTINGS[name]
+    x = torch.randn(batch, 3, side, side)
+    cands = {k: f(arch) for k, f in (("dinov3nb", ours), ("huggingface", huggingface), ("timm", timm_model))}
+    cands = {k: v for k, v in cands.items() if v is not None}
+    times = {k: [] for k in cands}
+    with torch.inference_mode():
+        for fn in cands.values():
+            for _ in range(warmup): fn(x)
+        for _ in range(repeats):
+            for k, fn in cands.items():
+                t0 = time.perf_counter(); fn(x); times[k].append(time.perf_counter() - t0)
+    rows = []
+    for k in cands:
+        ms = statistics.median(times[k]) * 1000
+        rows.append(dict(setting=name, impl=k, ms=ms, ips=batch / ms * 1000, mem=peak_rss_mb(k, name)))
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="2 repeats, 1 warm-up")
+    p.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a._memory: return _memory_child(*a._memory)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    repeats, warmup = (2, 1) if a.quick else (7, 2)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, median of {repeats} round-robin runs\n")
+    print("| setting | impl | ms | img/s | peak RSS (MB) | ours / best other |")
+    print("|---|---|---:|---:|---:|---:|")
+    for s in a.settings:
+        rows = run_setting(s, repeats, warmup)
+        mine = next(r for r in rows if r["impl"] == "dinov3nb")["ips"]
+        best = max(r["ips"] for r in rows if r["impl"] != "dinov3nb")
+        for r in rows:
+            ratio = f"{mine / best:.2f}x" if r["impl"] == "dinov3nb" else ""
+            print(f"| {r['setting']} | {r['impl']} | {r['ms']:.1f} | {r['ips']:.2f} | {r['mem']:.0f} | {ratio} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
