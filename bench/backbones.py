@@ -66,12 +66,13 @@ def peak_rss_mb(impl:str, setting:str) -> float:
 
 
 def _memory_child(impl:str, setting:str) -> None:
-    import resource
     torch.set_num_threads(2)
     arch, side, batch = SETTINGS[setting]
     fn = {"dinov3nb": ours, "huggingface": huggingface, "timm": timm_model}[impl](arch)
     with torch.inference_mode(): fn(torch.randn(batch, 3, side, side))
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork+exec
+    hwm = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
+    print(int(hwm.split()[1]) / 1024)
 
 
 def run_setting(name:str, repeats:int, warmup:int) -> list[dict]:
