@@ -41,3 +41,13 @@ def test_readme_parameter_counts_match_official(reference_dir):
     assert set(official) <= set(rows), f"README table lacks {set(official) - set(rows)}"
     for name, info in official.items():
         assert int(rows[name].replace(",", "")) == info["n_params"], name
+
+
+def test_sidebar_lists_exactly_the_model_notebooks():
+    import re
+    root = Path(__file__).resolve().parents[1]
+    listed = re.findall(r"^\s+- (\S+\.ipynb)\s*$", (root / "nbs" / "sidebar.yml").read_text(), re.M)
+    missing = [n for n in listed if not (root / "nbs" / n).exists()]
+    assert not missing, f"sidebar.yml lists notebooks that do not exist: {missing}"
+    unlisted = sorted(p.name for p in (root / "nbs").glob("0*.ipynb") if p.name not in listed)
+    assert not unlisted, f"notebooks missing from sidebar.yml: {unlisted}"
