@@ -1,5 +1,9 @@
 """Speed and memory of dinov3nb backbones against Hugging Face transformers and timm, side by side.
 
+Rows: dinov3nb in eager PyTorch, dinov3nb through its fast CPU path (`dinov3nb.export.accelerate`:
+ONNX export + ONNX Runtime), Hugging Face and timm in eager PyTorch, and timm exported to ONNX Runtime
+with the same session settings (what a timm user could do by hand).
+
     python bench/backbones.py            # full run (a few minutes on 2 cores)
     python bench/backbones.py --quick    # fewer repeats, a smoke test
     python bench/backbones.py --settings vits16-224-b1 convnext_t-224-b1
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +38,44 @@ def ours(arch:str):
     from dinov3nb.backbones import build
     name = {"vits16": "dinov3_vits16", "vitb16": "dinov3_vitb16", "convnext_t": "dinov3_convnext_tiny"}[arch]
     m = build(name).eval()
+    return lambda x: m.forward_features(x)["x_norm_patchtokens"]
+
+
+ONNX_DIR = Path(tempfile.gettempdir()) / "dinov3nb-bench-onnx"
+
+
+def ours_onnxruntime(arch:str):
+    "dinov3nb's fast CPU path: the same model exported once to ONNX and run by ONNX Runtime."
+    from dinov3nb.export import OnnxRuntimeBackbone, accelerate
+    from dinov3nb.backbones import build
+    path = ONNX_DIR / f"{arch}.onnx"
+    if not path.exists():  # export once (not timed); the memory child reuses the file
+        torch.manual_seed(0)
+        name = {"vits16": "dinov3_vits16", "vitb16": "dinov3_vitb16", "convnext_t": "dinov3_convnext_tiny"}[arch]
+        accelerate(build(name).eval(), folder=ONNX_DIR).path.rename(path)
+    m = OnnxRuntimeBackbone(path, threads=torch.get_num_threads())
+    return lambda x: m.forward_features(x)["x_norm_patchtokens"]
+
+
+def timm_onnxruntime(arch:str):
+    "What a timm user gets from ONNX Runtime: timm's model exported with torch.onnx, run with the same settings."
+    if arch == "convnext_t": return None
+    import timm
+    from dinov3nb.export import OnnxRuntimeBackbone
+    path = ONNX_DIR / f"timm-{arch}.onnx"
+    if not path.exists():
+        m = timm.create_model({"vits16": "vit_small_patch16_dinov3_qkvb", "vitb16": "vit_base_patch16_dinov3_qkvb"}[arch],
+                              pretrained=False, dynamic_img_size=True).eval()
+        class Patches(torch.nn.Module):  # output names as dinov3nb's so one runner serves both
+            def __init__(self, m): super().__init__(); self.m = m
+            def forward(self, pixel_values): f = self.m.forward_features(pixel_values); return f[:, :1, :][:, 0], f
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Patches(m), (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, opset_version=18,
+                              input_names=["pixel_values"], output_names=["cls", "patch"],
+                              dynamic_axes={"pixel_values": {0: "b", 2: "h", 3: "w"}, "patch": {0: "b", 1: "n"}})
+    m = OnnxRuntimeBackbone(path, threads=torch.get_num_threads())
     return lambda x: m.forward_features(x)["x_norm_patchtokens"]
 
 
@@ -57,6 +100,10 @@ def timm_model(arch:str):
     return lambda x: m.forward_features(x)
 
 
+CANDIDATES = {"dinov3nb": ours, "dinov3nb-onnxruntime": ours_onnxruntime,  # ours first
+              "huggingface": huggingface, "timm": timm_model, "timm-onnxruntime": timm_onnxruntime}
+
+
 def peak_rss_mb(impl:str, setting:str) -> float:
     "Peak resident memory (MB) of a fresh process that builds `impl` for `setting` and runs one forward."
     import subprocess, sys
@@ -68,7 +115,7 @@ def peak_rss_mb(impl:str, setting:str) -> float:
 def _memory_child(impl:str, setting:str) -> None:
     torch.set_num_threads(2)
     arch, side, batch = SETTINGS[setting]
-    fn = {"dinov3nb": ours, "huggingface": huggingface, "timm": timm_model}[impl](arch)
+    fn = CANDIDATES[impl](arch)
     with torch.inference_mode(): fn(torch.randn(batch, 3, side, side))
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork+exec
     hwm = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
@@ -78,7 +125,7 @@ def _memory_child(impl:str, setting:str) -> None:
 def run_setting(name:str, repeats:int, warmup:int) -> list[dict]:
     arch, side, batch = SETTINGS[name]
     x = torch.randn(batch, 3, side, side)
-    cands = {k: f(arch) for k, f in (("dinov3nb", ours), ("huggingface", huggingface), ("timm", timm_model))}
+    cands = {k: f(arch) for k, f in CANDIDATES.items()}
     cands = {k: v for k, v in cands.items() if v is not None}
     times = {k: [] for k in cands}
     with torch.inference_mode():
@@ -110,11 +157,15 @@ def main(argv=None):
     print("|---|---|---:|---:|---:|---:|")
     for s in a.settings:
         rows = run_setting(s, repeats, warmup)
-        mine = next(r for r in rows if r["impl"] == "dinov3nb")["ips"]
-        best = max(r["ips"] for r in rows if r["impl"] != "dinov3nb")
+        best_eager = max(r["ips"] for r in rows if r["impl"] in ("huggingface", "timm"))
+        best_any = max(r["ips"] for r in rows if not r["impl"].startswith("dinov3nb"))
         for r in rows:
-            ratio = f"{mine / best:.2f}x" if r["impl"] == "dinov3nb" else ""
+            ratio = ""
+            if r["impl"] == "dinov3nb": ratio = f"{r['ips'] / best_eager:.2f}x"
+            if r["impl"] == "dinov3nb-onnxruntime": ratio = f"{r['ips'] / best_eager:.2f}x / {r['ips'] / best_any:.2f}x"
             print(f"| {r['setting']} | {r['impl']} | {r['ms']:.1f} | {r['ips']:.2f} | {r['mem']:.0f} | {ratio} |", flush=True)
+    print("\nratio: dinov3nb rows against the best eager alternative (Hugging Face, timm); the ONNX Runtime row also "
+          "against the best alternative of all, timm exported to ONNX Runtime included. Export time is not timed.")
 
 
 if __name__ == "__main__":

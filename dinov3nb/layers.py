@@ -56,6 +56,10 @@ def patch_coords(
     return 2.0 * yx - 1.0
 
 # %% ../nbs/00_models.ipynb #c32d7745
+def _is_tracing() -> bool:
+    "True while torch traces the model (ONNX export, `torch.export`, `torch.compile`, `torch.jit.trace`)."
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
 class RopePositionEmbedding(nn.Module):
     "Axial 2D RoPE: `(sin, cos)` tables of shape `[H*W, head_dim]` for an `H`×`W` patch grid."
     def __init__(
@@ -107,11 +111,12 @@ class RopePositionEmbedding(nn.Module):
         yx = patch_coords(H, W, self.normalize_coords, self.dtype, self.periods.device)  # [HW, 2]
         if self.augments: yx = self._augment(yx)
         angles = 2 * math.pi * yx[:, :, None] / self.periods  # [HW, 2, d/4]
-        angles = angles.flatten(1).tile(2)  # [HW, d]
+        angles = angles.flatten(1)  # [HW, d/2]
+        angles = torch.cat([angles, angles], dim=-1)  # [HW, d]: both halves of a head share the angles
         return angles.sin(), angles.cos()
 
     def forward(self, *, H:int, W:int) -> tuple[Tensor, Tensor]:
-        if self.augments or self.periods.is_meta: return self._tables(H, W)
+        if self.augments or self.periods.is_meta or _is_tracing(): return self._tables(H, W)
         key = (H, W, self.periods.device, self.periods.data_ptr(), self.periods._version)
         if key not in self._cache:
             if len(self._cache) > 32: self._cache.clear()
