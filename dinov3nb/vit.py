@@ -14,7 +14,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import PatchEmbed, RopePositionEmbedding, SelfAttentionBlock, LayerScale, make_norm, RMSNorm
+from .layers import PatchEmbed, RopePositionEmbedding, SelfAttentionBlock, LayerScale, make_norm, RMSNorm, pad_rope
 
 # %% auto #0
 __all__ = ['RopeDType', 'DTYPES', 'ViTConfig', 'DinoVisionTransformer', 'init_weights', 'prepare_tokens_with_masks',
@@ -141,10 +141,11 @@ DinoVisionTransformer.prepare_tokens_with_masks = prepare_tokens_with_masks
 def _run_blocks(self:DinoVisionTransformer, x:Tensor, hw:tuple[int, int], take:Sequence[int]=()) -> tuple[Tensor, list[Tensor]]:
     "Run all blocks on tokens `x`; also return the outputs of the blocks whose index is in `take`."
     H, W = hw
-    rope = self.rope_embed(H=H, W=W)
+    n_prefix = x.shape[1] - H * W  # CLS + registers: identity rotations, padded once for all blocks
+    rope = pad_rope(*self.rope_embed(H=H, W=W), n_prefix)
     outs = []
     for i, blk in enumerate(self.blocks):
-        if self.rope_embed.augments and i > 0: rope = self.rope_embed(H=H, W=W)
+        if self.rope_embed.augments and i > 0: rope = pad_rope(*self.rope_embed(H=H, W=W), n_prefix)
         x = blk(x, rope)
         if i in take: outs.append(x)
     return x, outs
