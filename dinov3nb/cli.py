@@ -1,4 +1,4 @@
-"""`dinov3nb demo`, `dinov3nb list`, `dinov3nb info` and `dinov3nb convert`: the library from a shell.
+"""`dinov3nb demo`, `heatmap`, `pca`, `kmeans`, `match`, `list`, `info` and `convert`: the library from a shell.
 
 Docs: https://dinov3nb.github.io/dinov3nb/cli.html.md"""
 
@@ -8,14 +8,17 @@ Docs: https://dinov3nb.github.io/dinov3nb/cli.html.md"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SHADES', 'text_heatmap', 'patch_similarity', 'run_demo', 'describe', 'convert_checkpoint', 'main']
+__all__ = ['SHADES', 'text_heatmap', 'resolve_weights', 'load_backbone', 'read_image', 'heatmap_picture', 'pca_picture',
+           'kmeans_picture', 'match_picture', 'run_demo', 'describe', 'convert_checkpoint', 'main']
 
 # %% ../nbs/07_cli.ipynb #8158b4ef
 SHADES = " .:-=+*#%@"
@@ -33,58 +36,138 @@ def text_heatmap(
     idx = ((small - lo) / (hi - lo + 1e-12) * (len(SHADES) - 1)).round().long()
     return "\n".join("".join(SHADES[i] for i in row) for row in idx.tolist())
 
-# %% ../nbs/07_cli.ipynb #2b5d2dc3
-def patch_similarity(patch_tokens:torch.Tensor, hw:tuple[int, int], query:tuple[int, int]|None=None) -> torch.Tensor:
-    "Cosine similarity `[H, W]` between the `query` patch (default: centre) and every patch of one image."
-    H, W = hw
-    f = torch.nn.functional.normalize(patch_tokens.reshape(H * W, -1).float(), dim=-1)  # [HW, D]
-    qy, qx = query if query is not None else (H // 2, W // 2)
-    return (f @ f[qy * W + qx]).reshape(H, W)
+# %% ../nbs/07_cli.ipynb #959a02a3
+def resolve_weights(
+    model_name:str, # preset name, e.g. "dinov3_vits16"
+    weights:str|None=None, # an explicit --weights path
+    env:dict|None=None, # environment (default os.environ)
+) -> tuple[Path|None, str]: # the checkpoint (None: random weights), and where it came from
+    "Find the checkpoint for `model_name`: `--weights`, else `$DINOV3NB_WEIGHTS`, else the cache folder."
+    env = os.environ if env is None else env
+    if weights: return Path(weights), "--weights"
+    if env.get("DINOV3NB_WEIGHTS"): return Path(env["DINOV3NB_WEIGHTS"]), "$DINOV3NB_WEIGHTS"
+    cache = Path(env.get("DINOV3NB_CACHE") or "~/.cache/dinov3nb").expanduser()
+    for p in [cache / f"{model_name}.safetensors", cache / f"{model_name}.pth",
+              *sorted(cache.glob(f"{model_name}_pretrain_*.pth"))]:
+        if p.is_file(): return p, f"cache folder {cache}"
+    return None, f"none found (--weights, $DINOV3NB_WEIGHTS, {cache}/{model_name}.{{safetensors,pth}})"
+
+def load_backbone(
+    model_name:str="dinov3_vits16",
+    weights:str|None=None,
+    env:dict|None=None,
+    err=None, # stream for the random-weights warning (stderr)
+) -> tuple[torch.nn.Module, str]: # the model, and a one-line note to write on pictures
+    "Build `model_name` with the weights `resolve_weights` finds, or random weights with a loud warning."
+    from dinov3nb.backbones import build
+    from dinov3nb.checkpoints import load
+    path, origin = resolve_weights(model_name, weights, env)
+    if path is None:
+        torch.manual_seed(0)
+        print(f"dinov3nb: no weights for {model_name}: {origin}. Using RANDOM weights; the maps show no "
+              "semantics. Pass --weights PATH for real features.", file=err or sys.stderr)
+        return build(model_name), f"{model_name}: RANDOM WEIGHTS (pass --weights)"
+    model = load(path)
+    return model, f"{getattr(model, 'preset', None) or model_name}: {path.name}"
+
+# %% ../nbs/07_cli.ipynb #db98cef8
+def read_image(spec:str) -> np.ndarray:
+    "Read an image file, or `skimage:NAME` (a scikit-image sample photo), as RGB uint8."
+    from dinov3nb.transforms import load_image
+    if spec.startswith("skimage:"):
+        import skimage.data
+        name = spec.split(":", 1)[1]
+        fn = getattr(skimage.data, name, None)
+        if fn is None or not callable(fn):
+            raise ValueError(f"{spec!r}: skimage.data has no photo {name!r}; try skimage:chelsea, skimage:astronaut or skimage:coffee")
+        img = fn()
+        return np.asarray(load_image(img[0] if isinstance(img, tuple) else img))
+    return np.asarray(load_image(spec))
+
+def heatmap_picture(model, image:np.ndarray, *, size:int=224, patch:tuple[int, int]|None=None,
+                    xy:tuple[float, float]|None=None) -> np.ndarray:
+    "Picture of the similarity heatmap of one query patch (grid `patch` or pixel `xy`; default the centre)."
+    from dinov3nb.dense import patch_features, pixel_to_patch, patch_centers, similarity_heatmap
+    from dinov3nb.plots import render_heatmap
+    pf = patch_features(model, image, size=size)
+    h, w = pf.grid_hw
+    if xy is not None: patch = pixel_to_patch(xy, pf.image_hw, pf.grid_hw)
+    patch = patch if patch is not None else (h // 2, w // 2)
+    heat = similarity_heatmap(pf, patch)
+    return render_heatmap(pf.image, heat, tuple(xy) if xy is not None else tuple(patch_centers(pf.grid_hw, pf.image_hw)[patch[0] * w + patch[1]]))
+
+def pca_picture(model, image:np.ndarray, *, size:int=224, foreground:bool=False) -> np.ndarray:
+    "Picture of the photo beside the PCA colours of its patches (foreground only if asked)."
+    from dinov3nb.dense import patch_features, PCABasis, pca_foreground
+    from dinov3nb.plots import render_pca
+    pf = patch_features(model, image, size=size)
+    basis = PCABasis.fit(pf.features)
+    return render_pca(pf.image, basis.to_rgb(pf.features, pca_foreground(pf.features, basis) if foreground else None))
+
+def kmeans_picture(model, image:np.ndarray, *, size:int=224, k:int=4, seed:int=0) -> np.ndarray:
+    "Picture of a KMeans segmentation of the photo's patches."
+    from dinov3nb.dense import patch_features, kmeans_segment
+    from dinov3nb.plots import render_labels
+    pf = patch_features(model, image, size=size)
+    return render_labels(pf.image, kmeans_segment(pf, min(k, pf.grid_hw[0] * pf.grid_hw[1]), seed=seed)[0])
+
+def match_picture(model, image_a:np.ndarray, image_b:np.ndarray, *, size:int=224, max_lines:int=100) -> tuple[np.ndarray, int]:
+    "Picture of the mutual nearest-neighbour patch matches between two photos, and their number."
+    from dinov3nb.dense import patch_features, match_mutual, patch_centers
+    from dinov3nb.plots import render_matches
+    fa, fb = patch_features(model, image_a, size=size), patch_features(model, image_b, size=size)
+    pairs, _ = match_mutual(fa.features, fb.features)
+    xy_a = patch_centers(fa.grid_hw, fa.image_hw)[pairs[:, 0].numpy()]
+    xy_b = patch_centers(fb.grid_hw, fb.image_hw)[pairs[:, 1].numpy()]
+    return render_matches(fa.image, fb.image, xy_a, xy_b, max_lines), len(pairs)
 
 # %% ../nbs/07_cli.ipynb #e04d5de4
 def run_demo(
     model_name:str="dinov3_vits16", # backbone preset
-    weights:str|None=None, # checkpoint path; random weights when None
-    image:str|None=None, # image path; skimage's chelsea when None
+    weights:str|None=None, # checkpoint path; else $DINOV3NB_WEIGHTS or the cache; else random weights
+    image:str|None=None, # image path for all three pictures; default: bundled scikit-image photos
     size:int=224, # shorter side in px (rounded to a multiple of the patch size)
-    seed:int=0,
+    out_dir:str|Path="dinov3nb-demo", # folder for the three PNGs
     out=None, # stream to print to (stdout)
+    err=None, # stream for warnings (stderr)
 ) -> dict:
-    "Run a backbone on a photo and print feature shapes, timing and a similarity heatmap; return the outputs."
-    from dinov3nb.backbones import build
+    "Run a backbone on photos: print feature shapes, timing and a text heatmap; write heatmap, PCA and KMeans PNGs."
+    from dinov3nb.dense import patch_similarity
+    from dinov3nb.plots import save_png, stamp
     from dinov3nb.transforms import preprocess
     out = out or sys.stdout
     say = lambda *a: print(*a, file=out)
-    torch.manual_seed(seed)
-    if weights is not None:
-        from dinov3nb.checkpoints import load
-        model = load(weights)
-    else:
-        model = build(model_name)
-    if image is None:
-        import skimage.data
-        img, img_name = skimage.data.chelsea(), "skimage.data.chelsea() (300x451 cat photo)"
-    else: img, img_name = image, image
-    x = preprocess(img, size=size, weights=getattr(model, "normalization", "lvd"))
+    model, note = load_backbone(model_name, weights, err=err)
+    imgs = {k: (image, image) if image else (f"skimage:{v}", f"skimage.data.{v}()")
+            for k, v in [("heatmap", "chelsea"), ("pca", "astronaut"), ("kmeans", "coffee")]}
+    cat = read_image(imgs["heatmap"][0])
+    x = preprocess(cat, size=size, weights=getattr(model, "normalization", "lvd"))
     with torch.inference_mode():
         t0 = time.perf_counter()
         feats = model.forward_features(x)
         dt = time.perf_counter() - t0
-    p = getattr(model, "patch_size", None) or 16
+    from dinov3nb.dense import feature_stride
+    p = feature_stride(model)
     hw = (x.shape[-2] // p, x.shape[-1] // p)
     n_params = sum(q.numel() for q in model.parameters())
     say(f"dinov3nb demo: {getattr(model, 'preset', None) or model_name} ({n_params / 1e6:.1f}M parameters, "
-        f"{'weights from ' + weights if weights else 'random weights: pass --weights for real features'})")
-    say(f"image: {img_name} -> input {tuple(x.shape)}, patch grid {hw[0]}x{hw[1]}")
+        f"{'random weights: pass --weights for real features' if 'RANDOM' in note else 'weights ' + note})")
+    say(f"image: {imgs['heatmap'][1]} -> input {tuple(x.shape)}, patch grid {hw[0]}x{hw[1]}")
     for k in ("x_norm_clstoken", "x_storage_tokens", "x_norm_patchtokens"):
         say(f"  {k:<20} {tuple(feats[k].shape)}")
     say(f"forward: {dt * 1000:.0f} ms on {torch.get_num_threads()} CPU thread(s)")
     if feats["x_norm_patchtokens"].shape[1] == hw[0] * hw[1]:
-        sim = patch_similarity(feats["x_norm_patchtokens"][0], hw)
+        sim = patch_similarity(feats["x_norm_patchtokens"][0].reshape(*hw, -1))
         off = sim.flatten()[torch.arange(sim.numel()) != (hw[0] // 2) * hw[1] + hw[1] // 2]
         say(f"cosine similarity to the centre patch: mean {off.mean():.3f}, min {off.min():.3f}, max {off.max():.3f}")
         say(text_heatmap(sim))
-    return {"features": feats, "input": x, "model": model}
+    out_dir = Path(out_dir)
+    pictures = {"heatmap": heatmap_picture(model, cat, size=size),
+                "pca": pca_picture(model, read_image(imgs["pca"][0]), size=size),
+                "kmeans": kmeans_picture(model, read_image(imgs["kmeans"][0]), size=size)}
+    written = {k: save_png(stamp(pic, f"{k} of {imgs[k][1]} | {note}"), out_dir / f"{k}.png") for k, pic in pictures.items()}
+    say(f"wrote {len(written)} pictures to {out_dir.resolve()}/: " + ", ".join(p.name for p in written.values()))
+    return {"features": feats, "input": x, "model": model, "pictures": written}
 
 # %% ../nbs/07_cli.ipynb #064d2997
 def describe(model:torch.nn.Module) -> str:
@@ -114,29 +197,109 @@ def convert_checkpoint(src:str, dst:str, to:str="safetensors") -> Path:
     return dst
 
 # %% ../nbs/07_cli.ipynb #c99b82df
+def _pair(kind):
+    def parse(s:str):
+        try:
+            a, b = (kind(v) for v in s.split(","))
+            return a, b
+        except ValueError: raise argparse.ArgumentTypeError(f"{s!r}: expected two numbers A,B (e.g. 3,5)") from None
+    return parse
+
 def _parser() -> argparse.ArgumentParser:
     from dinov3nb.backbones import list_backbones
-    p = argparse.ArgumentParser(prog="dinov3nb", description="DINOv3 backbones: demo, inspect and convert checkpoints.")
+    p = argparse.ArgumentParser(prog="dinov3nb", description="DINOv3 backbones: dense-feature pictures, camera "
+                                "segmentation, and checkpoint tools.")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run a backbone on a photo and print features and a similarity map")
-    d.add_argument("--model", default="dinov3_vits16", choices=list_backbones(), metavar="NAME",
-                   help="backbone preset (default: dinov3_vits16; see `dinov3nb list`)")
-    d.add_argument("--weights", help="checkpoint path (Meta .pth, HF directory, timm, safetensors)")
-    d.add_argument("--image", help="image path (default: skimage's chelsea photo)")
-    d.add_argument("--size", type=int, default=224, help="shorter side in pixels (default 224)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", default="dinov3_vits16", choices=list_backbones(), metavar="NAME",
+                        help="backbone preset (default: dinov3_vits16; see `dinov3nb list`)")
+    common.add_argument("--weights", metavar="PATH", help="checkpoint (Meta .pth, HF directory, timm, safetensors); "
+                        "default: $DINOV3NB_WEIGHTS, else ~/.cache/dinov3nb/<model>.{safetensors,pth}, else random weights")
+    common.add_argument("--size", type=int, default=224, help="shorter input side in pixels, rounded to the patch size (default 224)")
+    img_help = "image file, or skimage:NAME for a bundled scikit-image photo (e.g. skimage:chelsea)"
+    out_help = "output PNG (default: <image name>_{}.png in the current folder)"
+
+    d = sub.add_parser("demo", parents=[common], help="print features of a photo and write heatmap, PCA and KMeans PNGs")
+    d.add_argument("--image", help="image path for all pictures (default: scikit-image's chelsea, astronaut and coffee)")
+    d.add_argument("--out", default="dinov3nb-demo", metavar="DIR", help="folder for the PNGs (default ./dinov3nb-demo)")
+    h = sub.add_parser("heatmap", parents=[common], help="cosine-similarity heatmap of one query patch")
+    h.add_argument("image", metavar="IMG", help=img_help)
+    q = h.add_mutually_exclusive_group()
+    q.add_argument("--patch", type=_pair(int), metavar="ROW,COL", help="query cell on the patch grid (default: the centre)")
+    q.add_argument("--xy", type=_pair(float), metavar="X,Y", help="query pixel of the image")
+    h.add_argument("--out", metavar="FILE", help=out_help.format("heatmap"))
+    c = sub.add_parser("pca", parents=[common], help="PCA of the patch features as colours")
+    c.add_argument("image", metavar="IMG", help=img_help)
+    c.add_argument("--foreground", action="store_true", help="colour only the foreground (first principal component)")
+    c.add_argument("--out", metavar="FILE", help=out_help.format("pca"))
+    k = sub.add_parser("kmeans", parents=[common], help="KMeans segmentation of an image, a camera or a video")
+    k.add_argument("image", metavar="IMG", nargs="?", help=img_help)
+    src = k.add_mutually_exclusive_group()
+    src.add_argument("--camera", nargs="?", const="csi", metavar="csi|N",
+                     help="live camera: csi (Jetson CSI, the default) or a USB index N (needs the jetson extra)")
+    src.add_argument("--video", metavar="FILE", help="video file or animated GIF (needs the jetson extra)")
+    k.add_argument("-k", type=int, default=4, help="number of clusters (default 4)")
+    k.add_argument("--frames", type=int, metavar="N", help="stop a camera/video after N frames")
+    k.add_argument("--out", metavar="FILE", help="output PNG for an image; a .mp4/.avi video for a camera/video "
+                   "(default: a window)")
+    m = sub.add_parser("match", parents=[common], help="mutual nearest-neighbour patch matches between two images")
+    m.add_argument("image", metavar="IMG1", help=img_help)
+    m.add_argument("image2", metavar="IMG2", help="second image, same forms as IMG1")
+    m.add_argument("--max-lines", type=int, default=100, help="draw at most this many matches (default 100)")
+    m.add_argument("--out", metavar="FILE", help=out_help.format("match"))
     sub.add_parser("list", help="list the released backbones")
     i = sub.add_parser("info", help="describe a checkpoint file or directory")
-    i.add_argument("path")
+    i.add_argument("path", help="checkpoint file or Hugging Face directory")
     c = sub.add_parser("convert", help="convert a checkpoint to another format")
-    c.add_argument("src"); c.add_argument("dst")
-    c.add_argument("--to", default="safetensors", choices=["safetensors", "hf", "timm"])
+    c.add_argument("src", help="checkpoint to read (any supported format)")
+    c.add_argument("dst", help="file (or folder for --to hf) to write")
+    c.add_argument("--to", default="safetensors", choices=["safetensors", "hf", "timm"], help="output format (default safetensors)")
     return p
+
+def _default_out(image:str, what:str) -> Path:
+    return Path(f"{Path(image.replace('skimage:', '')).stem}_{what}.png")
+
+class _Noted:
+    "Sink wrapper that writes a note (e.g. random weights) above every frame."
+    def __init__(self, sink, note:str): self.sink, self.note = sink, note
+    def __call__(self, frame):
+        from dinov3nb.plots import stamp
+        return self.sink(np.ascontiguousarray(stamp(frame, self.note)))
+    def close(self): self.sink.close()
+
+def _stream_kmeans(args) -> None:
+    from dinov3nb.camera import open_source, run, SegmentationPipeline, TorchBackend, VideoSink, WindowSink
+    source = open_source(args.camera if args.camera is not None else args.video)   # fail fast, before the model
+    model, note = load_backbone(args.model, args.weights)
+    sink = VideoSink(args.out) if args.out else WindowSink()
+    stats = run(source, SegmentationPipeline(TorchBackend(model), k=args.k, size=args.size), [_Noted(sink, note)], args.frames)
+    print(f"{source.name}: {stats.frames} frames, {stats.fps:.1f} FPS" + (f"; wrote {args.out}" if args.out else ""))
+
+def _pictures(args) -> None:
+    from dinov3nb.plots import save_png, stamp
+    if args.command == "kmeans" and (args.camera is not None or args.video):
+        if args.image: raise ValueError("give an image, --camera or --video, not several")
+        return _stream_kmeans(args)
+    if args.image is None: raise ValueError("kmeans needs an image, --camera [csi|N] or --video FILE")
+    img = read_image(args.image)                                    # fail fast on a bad path, before the model
+    img2 = read_image(args.image2) if args.command == "match" else None
+    model, note = load_backbone(args.model, args.weights)
+    if args.command == "heatmap": pic = heatmap_picture(model, img, size=args.size, patch=args.patch, xy=args.xy)
+    elif args.command == "pca": pic = pca_picture(model, img, size=args.size, foreground=args.foreground)
+    elif args.command == "kmeans": pic = kmeans_picture(model, img, size=args.size, k=args.k)
+    else:
+        pic, n = match_picture(model, img, img2, size=args.size, max_lines=args.max_lines)
+        print(f"{n} mutual nearest-neighbour matches")
+    path = save_png(stamp(pic, f"{args.command} | {note}"), args.out or _default_out(args.image, args.command))
+    print(f"wrote {path}")
 
 def main(argv:list[str]|None=None) -> int:
     "Run the `dinov3nb` command line."
+    from dinov3nb.camera import CameraError
     args = _parser().parse_args(argv)
     try:
-        if args.command == "demo": run_demo(args.model, args.weights, args.image, args.size)
+        if args.command == "demo": run_demo(args.model, args.weights, args.image, args.size, args.out)
+        elif args.command in ("heatmap", "pca", "kmeans", "match"): _pictures(args)
         elif args.command == "list":
             from dinov3nb.backbones import PRESETS
             for name, pre in PRESETS.items():
@@ -146,7 +309,10 @@ def main(argv:list[str]|None=None) -> int:
             print(f"{args.path}: {describe(load(args.path))}")
         elif args.command == "convert":
             print(f"wrote {convert_checkpoint(args.src, args.dst, args.to)}")
-    except (ValueError, FileNotFoundError, TypeError) as e:
+    except (ValueError, FileNotFoundError, TypeError, CameraError, ImportError) as e:
         print(f"dinov3nb {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"dinov3nb {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0

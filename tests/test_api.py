@@ -38,10 +38,10 @@ def run_cli(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_cli_list_and_demo():
+def test_cli_list_and_demo(tmp_path):
     r = run_cli("list")
     assert r.returncode == 0 and "dinov3_convnext_large" in r.stdout
-    r = run_cli("demo", "--size", "32", "--model", "dinov3_vits16")
+    r = run_cli("demo", "--size", "32", "--model", "dinov3_vits16", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "x_norm_patchtokens   (1, 6, 384)" in r.stdout and "cosine similarity" in r.stdout
 
