@@ -58,10 +58,11 @@ class Tutorial:
 def measure(model_name:str, frames:int, motion:str) -> dict:
     "Run both loops interleaved on the same frames; return ms per stage, FPS and flicker of each."
     from dinov3nb.backbones import build
-    from dinov3nb.camera import SegmentationPipeline, SyntheticSource, TorchBackend, changed_fraction
+    from dinov3nb.camera import SegmentationPipeline, SyntheticSource, changed_fraction
+    from dinov3nb.runtime import TorchRuntime
     torch.manual_seed(0)
     model = build(model_name).eval()
-    loops = {"tutorial": Tutorial(model), "dinov3nb": SegmentationPipeline(TorchBackend(model), k=3, size=224)}
+    loops = {"tutorial": Tutorial(model), "dinov3nb": SegmentationPipeline(TorchRuntime(model), k=3, size=224)}
     for frame in SyntheticSource(3, size=(240, 240)):                                   # warm-up
         for loop in loops.values(): loop.step(frame)
     loops["dinov3nb"].kmeans.reset()

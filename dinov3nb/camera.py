@@ -20,15 +20,16 @@ import torch.nn.functional as F
 from PIL import Image, ImageSequence
 from torch import Tensor, nn
 
-from .dense import feature_stride, kmeans
+from .dense import kmeans
+from .runtime import Runtime, TorchRuntime
 from .plots import label_palette
 from .transforms import get_normalization, patch_multiple_size
 
 # %% auto #0
 __all__ = ['csi_pipeline', 'CameraError', 'FrameSource', 'CaptureSource', 'GifSource', 'SyntheticSource', 'open_source',
-           'BGRToTensor', 'Backend', 'TorchBackend', 'match_ids', 'changed_fraction', 'StreamingKMeans', 'overlay',
-           'WindowSink', 'VideoSink', 'WidgetSink', 'RunStats', 'SegmentationPipeline', 'run', 'heatmap_view',
-           'pca_view', 'kmeans_view', 'live_view']
+           'BGRToTensor', 'match_ids', 'changed_fraction', 'StreamingKMeans', 'overlay', 'WindowSink', 'VideoSink',
+           'WidgetSink', 'RunStats', 'SegmentationPipeline', 'run', 'heatmap_view', 'pca_view', 'kmeans_view',
+           'live_view']
 
 # %% ../nbs/31_camera.ipynb #745a42ce
 def _cv2():
@@ -202,25 +203,6 @@ class BGRToTensor:
         x = t.to(self.dtype) * self.scale + self.shift                          # [H, W, 3] normalised
         return x.flip(-1).permute(2, 0, 1)[None].contiguous()                   # [1, 3, H, W] RGB
 
-# %% ../nbs/31_camera.ipynb #7d9d8d5c
-@runtime_checkable
-class Backend(Protocol):
-    "What the camera pipeline needs from an inference engine."
-    stride:int # input pixels per patch-grid cell
-    normalization:str # "lvd" or "sat"
-    def __call__(self, images:Tensor) -> dict[str, Tensor]: ... # [B, 3, H, W] -> forward_features dict
-
-class TorchBackend:
-    "Run a dinov3nb backbone in torch (inference mode) on `device` in `dtype`."
-    def __init__(self, model:nn.Module, device:torch.device|str|None=None, dtype:torch.dtype|None=None):
-        p = next(model.parameters())
-        self.device, self.dtype = torch.device(device) if device else p.device, dtype or p.dtype
-        self.model = model.eval().to(self.device, self.dtype)
-        self.stride, self.normalization = feature_stride(model), getattr(model, "normalization", "lvd")
-    @torch.inference_mode()
-    def __call__(self, images:Tensor) -> dict[str, Tensor]:
-        return self.model.forward_features(images.to(self.device, self.dtype))
-
 # %% ../nbs/31_camera.ipynb #6a34b507
 def _linear_sum_assignment():
     try: from scipy.optimize import linear_sum_assignment
@@ -329,7 +311,7 @@ class RunStats:
 
 class SegmentationPipeline:
     "Frame -> patch features -> streaming KMeans -> coloured overlay."
-    def __init__(self, backend:Backend, k:int=3, size:int|None=224, iters:int=10, alpha:float=0.5, seed:int=0,
+    def __init__(self, backend:Runtime, k:int=3, size:int|None=224, iters:int=10, alpha:float=0.5, seed:int=0,
                  warm_start:bool=True):
         self.backend, self.alpha = backend, alpha
         dev = getattr(backend, "device", None)
