@@ -8,3 +8,5 @@ from .backbones import (PRESETS, build, list_backbones, dinov3_vits16, dinov3_vi
                         dinov3_convnext_small, dinov3_convnext_base, dinov3_convnext_large)
 from .transforms import load_image, make_transform, preprocess
 from .checkpoints import load, load_weights_into, save, save_hf, to_timm_state_dict
+from .export import accelerate, export_onnx, OnnxRuntimeBackbone
+from .runtime import make_runtime, TorchRuntime
