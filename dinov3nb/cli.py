@@ -325,6 +325,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-verify", action="store_true", help="skip the comparison with torch on two photos")
     v = sub.add_parser("verify", parents=[common], help="compare an exported .onnx / .engine file with the torch model")
     v.add_argument("file", help="an .onnx file or a TensorRT .engine written for --model/--weights")
+    ev = sub.add_parser("eval", help="evaluate a frozen backbone: knn, linear, logreg, seg, depth, fg, match, track or all "
+                        "(`dinov3nb eval -h` lists the options)", add_help=False)
+    ev.add_argument("args", nargs=argparse.REMAINDER, help="the protocol and its options, see `dinov3nb eval -h`")
     sub.add_parser("list", help="list the released backbones")
     i = sub.add_parser("info", help="describe a checkpoint file or directory")
     i.add_argument("path", help="checkpoint file or Hugging Face directory")
@@ -376,6 +379,10 @@ def _pictures(args) -> None:
 def main(argv:list[str]|None=None) -> int:
     "Run the `dinov3nb` command line."
     from dinov3nb.camera import CameraError
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["eval"]:  # its own parser (20_eval ... 25_eval_cli), with its own help and exit codes
+        from dinov3nb.eval_cli import eval_main
+        return eval_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo": run_demo(args.model, args.weights, args.image, args.size, args.out)

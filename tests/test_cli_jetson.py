@@ -122,3 +122,11 @@ def test_every_option_has_help():
     for name, sp in subs.choices.items():
         for a in sp._actions:
             assert a.help, f"dinov3nb {name} {a.option_strings or a.dest} has no help"
+
+
+def test_every_eval_option_has_help():
+    from dinov3nb.eval_cli import _parser
+    missing = [a.dest for a in _parser()._actions if not a.help]
+    assert not missing, f"dinov3nb eval options without help: {missing}"
+    with pytest.raises(SystemExit) as e: main(["eval", "nonsense"])  # routed to eval's own parser, which rejects it
+    assert e.value.code == 2
