@@ -236,7 +236,7 @@ class StreamingKMeans:
         warm = self.warm_start and self.centroids is not None and self.centroids.shape[1] == x.shape[1]
         labels, c = kmeans(x, self.k, iters=self.iters, init=self.centroids if warm else None,
                            seed=self.seed + self.frame)
-        if self.centroids is not None and self.centroids.shape == c.shape:
+        if not warm and self.centroids is not None and self.centroids.shape == c.shape:  # warm: ids carry over
             ids = match_ids(self.centroids, c)                               # [k]
             labels, c = ids[labels], c[ids.argsort()]
         self.centroids, self.frame = c, self.frame + 1

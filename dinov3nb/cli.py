@@ -328,6 +328,9 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a frozen backbone: knn, linear, logreg, seg, depth, fg, match, track or all "
                         "(`dinov3nb eval -h` lists the options)", add_help=False)
     ev.add_argument("args", nargs=argparse.REMAINDER, help="the protocol and its options, see `dinov3nb eval -h`")
+    tr = sub.add_parser("train", help="self-supervised training: --config PRESET_OR_YAML key=value ... [--resume] "
+                        "(`dinov3nb train -h` lists the options)", add_help=False)
+    tr.add_argument("args", nargs=argparse.REMAINDER, help="the config and overrides, see `dinov3nb train -h`")
     sub.add_parser("list", help="list the released backbones")
     i = sub.add_parser("info", help="describe a checkpoint file or directory")
     i.add_argument("path", help="checkpoint file or Hugging Face directory")
@@ -383,6 +386,9 @@ def main(argv:list[str]|None=None) -> int:
     if argv[:1] == ["eval"]:  # its own parser (20_eval ... 25_eval_cli), with its own help and exit codes
         from dinov3nb.eval_cli import eval_main
         return eval_main(argv[1:])
+    if argv[:1] == ["train"]:  # its own parser (10_train), configs from presets/YAML and key=value overrides
+        from dinov3nb.train import train_main
+        return train_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo": run_demo(args.model, args.weights, args.image, args.size, args.out)

@@ -228,6 +228,10 @@ def kmeans_plusplus(
         d2 = torch.minimum(d2, torch.cdist(x, x[idx[-1:]]).pow(2)[:, 0])
     return x[idx].clone()
 
+def _nearest(x:Tensor, c:Tensor) -> Tensor: # [N] index of the nearest centroid
+    "Index of the nearest centroid `c` of each row of `x`, from one matrix product (no square roots)."
+    return ((c * c).sum(1) - 2 * x @ c.T).argmin(1)              # [N, k] -> [N]
+
 def kmeans(
     x:Tensor, # [N, D] points
     k:int, # clusters
@@ -248,17 +252,18 @@ def kmeans(
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         c = kmeans_plusplus(x, k, g)
     for _ in range(max(iters, 1)):
-        d = torch.cdist(x, c)                                       # [N, k]
-        labels = d.argmin(1)                                        # [N]
-        counts = torch.bincount(labels, minlength=k)                # [k]
-        new = torch.zeros_like(c).index_add_(0, labels, x) / counts.clamp_min(1)[:, None]
-        for j in torch.nonzero(counts == 0).flatten().tolist():     # re-seed empty clusters
-            far = d.gather(1, labels[:, None])[:, 0].argmax()
-            new[j] = x[far]; labels[far] = j; d[far] = 0
+        labels = _nearest(x, c)                                     # [N]
+        onehot = F.one_hot(labels, k).to(x.dtype)                   # [N, k]
+        counts = onehot.sum(0)                                      # [k]
+        new = (onehot.T @ x) / counts.clamp_min(1)[:, None]         # [k, D] cluster means
+        if (counts == 0).any():                                     # re-seed empty clusters (rare)
+            d = torch.cdist(x, c).gather(1, labels[:, None])[:, 0]  # [N] distance to own centroid
+            for j in torch.nonzero(counts == 0).flatten().tolist():
+                far = d.argmax(); new[j] = x[far]; labels[far] = j; d[far] = 0
         moved = (new - c).norm(dim=1).max()
         c = new
         if moved <= tol: break
-    return torch.cdist(x, c).argmin(1), c
+    return _nearest(x, c), c
 
 # %% ../nbs/30_jetson.ipynb #809d3ddd
 def kmeans_segment(
