@@ -8,7 +8,8 @@ The tutorial loop, per frame: a PIL image and a torchvision transform built anew
 scikit-learn `KMeans(n_clusters=3, n_init=1, max_iter=50)` from scratch, `cv2.applyColorMap` of the
 label grid, a resize and `cv2.addWeighted`. Ours: `dinov3nb.camera.SegmentationPipeline` (OpenCV
 resize and a precomputed multiply-add, torch KMeans warm-started with Hungarian id matching, one
-`addWeighted`). Same random-weight backbone, same square synthetic frames (so both run at 224x224),
+`addWeighted`), in eager torch and, with the `onnx` extra, on ONNX Runtime (`dinov3nb.accelerate`).
+Same random-weight backbone, same square synthetic frames (so both run at 224x224),
 2 threads, fp32, frames interleaved (one of each in turn). Reported: mean ms per stage, overall FPS,
 ratios, and flicker: the mean fraction of patches whose colour changes between consecutive frames of
 a static scene (0 is stable; the tutorial restarts KMeans, so its ids and colours jump).
@@ -55,6 +56,13 @@ class Tutorial:
         return out
 
 
+def ort_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+        return True
+    except ImportError: return False
+
+
 def measure(model_name:str, frames:int, motion:str) -> dict:
     "Run both loops interleaved on the same frames; return ms per stage, FPS and flicker of each."
     from dinov3nb.backbones import build
@@ -63,9 +71,13 @@ def measure(model_name:str, frames:int, motion:str) -> dict:
     torch.manual_seed(0)
     model = build(model_name).eval()
     loops = {"tutorial": Tutorial(model), "dinov3nb": SegmentationPipeline(TorchRuntime(model), k=3, size=224)}
+    if ort_available():  # the same pipeline on dinov3nb's fast CPU runtime
+        from dinov3nb.export import accelerate
+        loops["dinov3nb-ort"] = SegmentationPipeline(accelerate(model), k=3, size=224)
     for frame in SyntheticSource(3, size=(240, 240)):                                   # warm-up
         for loop in loops.values(): loop.step(frame)
-    loops["dinov3nb"].kmeans.reset()
+    for n in loops:
+        if n != "tutorial": loops[n].kmeans.reset()
     for loop in loops.values(): loop.timings = dict.fromkeys(STAGES, 0.0)
     total, prev, changes = dict.fromkeys(loops, 0.0), {}, {n: [] for n in loops}
     for frame in SyntheticSource(frames, size=(240, 240), motion=motion):
@@ -93,12 +105,18 @@ def main(argv=None):
         for arch in args.models:
             moving = measure(MODELS[arch], args.frames, "pan")
             static = measure(MODELS[arch], max(args.frames // 2, 3), "static")
-            t, o = moving["tutorial"], moving["dinov3nb"]
-            print(f"\n{arch} at 224x224, {args.frames} panning frames, {args.threads} threads (ms per frame, mean)")
-            print(f"{'stage':<12}{'tutorial':>10}{'dinov3nb':>10}{'speed-up':>10}")
-            for s in STAGES: print(f"{s:<12}{t['ms'][s]:>10.1f}{o['ms'][s]:>10.1f}{t['ms'][s] / max(o['ms'][s], 1e-9):>9.1f}x")
-            print(f"{'overall FPS':<12}{t['fps']:>10.2f}{o['fps']:>10.2f}{o['fps'] / t['fps']:>9.2f}x")
-            print(f"{'flicker':<12}{static['tutorial']['flicker']:>10.3f}{static['dinov3nb']['flicker']:>10.3f}"
+            t = moving["tutorial"]
+            ours = [n for n in moving if n != "tutorial"]
+            print(f"\n{arch} at 224x224, {args.frames} panning frames, {args.threads} threads (ms per frame, mean; "
+                  "speed-up = tutorial / ours)")
+            print(f"{'stage':<12}{'tutorial':>10}" + "".join(f"{n:>14}{'speed-up':>10}" for n in ours))
+            for s in STAGES:
+                print(f"{s:<12}{t['ms'][s]:>10.1f}" + "".join(
+                    f"{moving[n]['ms'][s]:>14.1f}{t['ms'][s] / max(moving[n]['ms'][s], 1e-9):>9.1f}x" for n in ours))
+            print(f"{'overall FPS':<12}{t['fps']:>10.2f}" + "".join(
+                f"{moving[n]['fps']:>14.2f}{moving[n]['fps'] / t['fps']:>9.2f}x" for n in ours))
+            print(f"{'flicker':<12}{static['tutorial']['flicker']:>10.3f}" + "".join(
+                f"{static[n]['flicker']:>14.3f}{'':>10}" for n in ours) +
                   "   (fraction of patches changing colour per frame, static scene)")
 
 

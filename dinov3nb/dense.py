@@ -236,8 +236,7 @@ def kmeans(
     x:Tensor, # [N, D] points
     k:int, # clusters
     *,
-    iters:int=50, # at most this many Lloyd steps
-    tol:float=1e-5, # stop when no centroid moves more than this
+    iters:int=50, # at most this many Lloyd steps (it stops earlier once no label changes)
     init:Tensor|None=None, # [k, D] starting centroids (warm start); None: k-means++
     seed:int|None=0, # k-means++ seed; None: torch's global generator
 ) -> tuple[Tensor, Tensor]: # labels [N] int64, centroids [k, D]
@@ -251,19 +250,19 @@ def kmeans(
     else:
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         c = kmeans_plusplus(x, k, g)
+    labels = _nearest(x, c)                                         # [N]
     for _ in range(max(iters, 1)):
-        labels = _nearest(x, c)                                     # [N]
         onehot = F.one_hot(labels, k).to(x.dtype)                   # [N, k]
         counts = onehot.sum(0)                                      # [k]
         new = (onehot.T @ x) / counts.clamp_min(1)[:, None]         # [k, D] cluster means
         if (counts == 0).any():                                     # re-seed empty clusters (rare)
             d = torch.cdist(x, c).gather(1, labels[:, None])[:, 0]  # [N] distance to own centroid
             for j in torch.nonzero(counts == 0).flatten().tolist():
-                far = d.argmax(); new[j] = x[far]; labels[far] = j; d[far] = 0
-        moved = (new - c).norm(dim=1).max()
-        c = new
-        if moved <= tol: break
-    return _nearest(x, c), c
+                far = d.argmax(); new[j] = x[far]; d[far] = 0
+        c, previous = new, labels
+        labels = _nearest(x, c)
+        if torch.equal(labels, previous): break                     # converged: the means cannot move any more
+    return labels, c
 
 # %% ../nbs/30_jetson.ipynb #809d3ddd
 def kmeans_segment(
