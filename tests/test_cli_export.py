@@ -61,14 +61,8 @@ def test_verify_a_missing_file(weights, capsys):
     assert "dinov3nb export" in capsys.readouterr().err
 
 
-def test_kmeans_video_through_onnxruntime(weights, tmp_path, capsys):
-    pytest.importorskip("cv2")
-    from dinov3nb.camera import SyntheticSource, VideoSink
-    src = tmp_path / "in.mp4"
-    sink = VideoSink(src, fps=5)
-    for frame in SyntheticSource(3, size=(64, 96)): sink(frame)
-    sink.close()
+def test_kmeans_video_through_onnxruntime(weights, synthetic_video, tmp_path, capsys):
     out = tmp_path / "seg.avi"
-    assert main(["kmeans", "--video", str(src), "--weights", str(weights), "--backend", "onnxruntime", "-k", "3",
-                 "--size", "32", "--out", str(out)]) == 0
+    assert main(["kmeans", "--video", str(synthetic_video), "--weights", str(weights), "--backend", "onnxruntime",
+                 "-k", "3", "--size", "32", "--frames", "3", "--out", str(out)]) == 0
     assert "3 frames" in capsys.readouterr().out and out.exists()

@@ -85,15 +85,10 @@ def test_weights_from_the_environment(no_cache, monkeypatch, capsys):
     assert "RANDOM" not in capsys.readouterr().err
 
 
-def test_kmeans_on_a_video(no_cache, capsys):
-    pytest.importorskip("cv2")
-    from dinov3nb.camera import SyntheticSource, VideoSink, open_source
-    src = no_cache / "in.mp4"
-    sink = VideoSink(src, fps=5)
-    for frame in SyntheticSource(4, size=(64, 96)): sink(frame)
-    sink.close()
+def test_kmeans_on_a_video(no_cache, synthetic_video, capsys):
+    from dinov3nb.camera import open_source
     out = no_cache / "seg.avi"
-    assert main(["kmeans", "--video", str(src), "-k", "3", "--size", "32", "--frames", "3", "--out", str(out)]) == 0
+    assert main(["kmeans", "--video", str(synthetic_video), "-k", "3", "--size", "32", "--frames", "3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "3 frames" in text and "FPS" in text
     with open_source(out) as back: frames = list(back)
