@@ -3,9 +3,11 @@ process on the concatenated batch; the trainer on 2 ranks takes the same steps a
 batch; a killed 2-rank run resumes exactly; FSDP2 matches the replicated run."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,11 +151,17 @@ def one_process(tmp_path_factory):
     return out, [h["total_loss"] for h in hist]
 
 
-def test_two_ranks_same_trajectory_and_weights(one_process, tmp_path):
-    ref_out, ref = one_process
-    out = tmp_path / "run"
-    p = torchrun(out, f"run.iterations={ITERS}", "data.batch_size=4", *WELL_POSED)  # 2 x 4 = the global batch of 8
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("w2") / "run"
+    p = torchrun(out, f"run.iterations={ITERS}", "data.batch_size=4", "run.checkpoint_period=5", *WELL_POSED)
     assert p.wait(timeout=300) == 0
+    return out
+
+
+def test_two_ranks_same_trajectory_and_weights(one_process, two_ranks):
+    ref_out, ref = one_process
+    out = two_ranks  # 2 ranks x 4 images = the global batch of 8
     got = losses(out)
     assert len(got) == len(ref) == ITERS
     rel = [abs(g - r) / abs(r) for g, r in zip(got, ref)]
@@ -163,4 +171,21 @@ def test_two_ranks_same_trajectory_and_weights(one_process, tmp_path):
     assert a["iteration"] == ITERS and a["world_size"] == W
     print(f"final weights max rel diff: student {max_rel(a['student'], b['student']):.2e} teacher {max_rel(a['teacher'], b['teacher']):.2e}")
     assert max_rel(a["student"], b["student"]) <= 1e-4 and max_rel(a["teacher"], b["teacher"]) <= 1e-4
-    assert losses(out)[0] != losses(out)[-1]  # it trained
+    assert got[0] != got[-1]  # it trained
+
+
+def test_two_ranks_killed_then_resumed_match(two_ranks, tmp_path):
+    out = tmp_path / "run"
+    args = (f"run.iterations={ITERS}", "data.batch_size=4", "run.checkpoint_period=5", *WELL_POSED)
+    p = torchrun(out, *args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (out / "checkpoint_0000005.pt").exists():
+        assert p.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.005)
+    os.killpg(p.pid, signal.SIGKILL); p.wait()  # the launcher and both ranks
+    assert not (out / f"checkpoint_{ITERS:07d}.pt").exists(), "the run finished before SIGKILL"
+    assert torchrun(out, *args, resume=True).wait(timeout=300) == 0
+    a, b = final(out), final(two_ranks)
+    for part in ("student", "teacher"):
+        assert max((a[part][k] - b[part][k]).abs().max().item() for k in b[part]) <= 1e-6
+    assert [json.loads(l)["iteration"] for l in (out / "metrics.jsonl").read_text().splitlines()] == list(range(ITERS))
+    assert losses(out) == pytest.approx(losses(two_ranks), rel=1e-6)
