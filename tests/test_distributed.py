@@ -189,3 +189,20 @@ def test_two_ranks_killed_then_resumed_match(two_ranks, tmp_path):
         assert max((a[part][k] - b[part][k]).abs().max().item() for k in b[part]) <= 1e-6
     assert [json.loads(l)["iteration"] for l in (out / "metrics.jsonl").read_text().splitlines()] == list(range(ITERS))
     assert losses(out) == pytest.approx(losses(two_ranks), rel=1e-6)
+
+
+# ---- dinov3nb submit --local: the SLURM path through submitit's LocalExecutor, 2 tasks ------------------------------
+
+def test_submit_local_two_tasks_checkpoint_loads(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    import dinov3nb
+    from dinov3nb.submit import submit_main
+    from dinov3nb.train import checkpoints, export_backbone
+    out = tmp_path / "run"
+    assert submit_main(["--local", "--gpus-per-node", "0", "--tasks-per-node", "2", "--time", "10",
+                        "--config", "tiny_pretrain", f"run.output_dir={out}", "run.iterations=3", "data.batch_size=4"]) == 0
+    ck = torch.load(checkpoints(out)[-1], map_location="cpu", weights_only=True)
+    assert ck["iteration"] == 3 and ck["world_size"] == 2  # both tasks joined one process group
+    assert len(losses(out)) == 3 and (out / "submitit").is_dir()  # logs and checkpoints under one folder
+    model = dinov3nb.load(export_backbone(checkpoints(out)[-1], tmp_path / "backbone.safetensors"))
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 64)
