@@ -27,7 +27,7 @@ from .optim import (OptimConfig, TeacherConfig, GramTeacherConfig, ScheduleSpec,
                             param_groups, apply_optim_schedule, ema_update, gram_refresh_due, gram_updates_before,
                             refresh_gram_teacher, clip_grad_per_module, NanGuard)
 from .ssl_step import SSLLossConfig, ssl_model, ssl_forward_backward
-from .distributed import rank, world_size, init_distributed, average_gradients, mean_over_ranks, shard_rows, fully_shard_ssl_model
+from .distributed import rank, world_size, init_distributed, average_gradients, mean_over_ranks, shard_rows, fully_shard_ssl_model, reshard
 from .vit import DinoVisionTransformer, ViTConfig
 
 # %% auto #0
@@ -544,6 +544,7 @@ def _step(self:Trainer, it:int, batch:dict) -> dict:
     if cfg.optim.clip_grad: metrics |= clip_grad_per_module(m.student, cfg.optim.clip_grad)
     if self.guard.check(out["total_loss"], it):
         self.optimizer.step()
+        if self.fsdp: reshard(m.ema); reshard(m.student)  # update local shards with local shards
         ema_update(m.ema, m.student, s["momentum"])
     else: metrics["skipped"] = True
     if m.gram is not None and gram_refresh_due(it, cfg.gram, self.n_gram_updates):
