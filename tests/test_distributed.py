@@ -231,3 +231,27 @@ def test_fsdp2_matches_replicated_run_and_resumes(two_ranks, tmp_path):
     c = final(out)
     for p in ("student", "teacher"):
         assert max((c[p][k] - a[p][k]).abs().max().item() for k in a[p]) <= 1e-6
+
+
+@pytest.mark.slow
+def test_submit_local_preempted_requeues_and_resumes(two_ranks, tmp_path):
+    pytest.importorskip("submitit")
+    from dinov3nb.submit import submit
+    out = tmp_path / "run"
+    job = submit(["--config", "tiny_pretrain", f"run.output_dir={out}", f"run.iterations={ITERS}", "data.batch_size=4",
+                  "run.checkpoint_period=5", *WELL_POSED], gpus_per_node=0, tasks_per_node=2, time_min=10, local=True)
+    while not (out / "checkpoint_0000005.pt").exists():
+        assert job.state not in ("FINISHED", "FAILED"), job.state
+        time.sleep(0.005)
+    # what SLURM does before preemption or the end of the time slice: signal every task (submitit's local
+    # controller only forwards SIGTERM, so the tasks are signalled directly)
+    from submitit.local.local import LocalJobEnvironment
+    tasks = [int(p) for p in Path(f"/proc/{job._process.pid}/task/{job._process.pid}/children").read_text().split()]
+    assert len(tasks) == 2
+    for pid in tasks: os.kill(pid, LocalJobEnvironment._usr_sig())
+    job.results()
+    log = "".join(p.read_text() for p in sorted((out / "submitit").glob("*_log.*")))
+    assert "Requeued job" in log, log[-2000:]  # checkpoint() answered, the job was requeued and resumed
+    assert [json.loads(l)["iteration"] for l in (out / "metrics.jsonl").read_text().splitlines()] == list(range(ITERS))
+    a, b = final(out), final(two_ranks)
+    for p in ("student", "teacher"): assert max_rel(a[p], b[p]) <= 1e-5
