@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .losses import DINOHead, sinkhorn_knopp, dino_loss, ibot_loss_masked, koleo_loss, gram_loss, max_rel_diff
+from .distributed import koleo_loss_distributed, koleo_group
 from .vit import DinoVisionTransformer, ViTConfig, reference_dir
 
 # %% auto #0
@@ -31,6 +32,8 @@ class SSLLossConfig:
     dino_local_loss_weight:float=1.0 # extra factor on the local-crop term (official reweighting schedule value)
     global_ignore_diagonal:bool=True # skip global crop i predicting itself
     koleo_loss_weight:float=0.1 # w_DK
+    koleo_distributed:bool=False # KoLeo neighbours searched over all ranks' images (`dinov3nb.distributed`)
+    koleo_group_size:int|None=None # ... or over groups of this many ranks (None: all)
     ibot_loss_weight:float=1.0
     student_temp:float=0.1 # tau_s
     sinkhorn_iterations:int=3
@@ -50,6 +53,7 @@ class SSLLossConfig:
 _OFFICIAL_KEYS = {  # our field: (official section, key)
     "dino_loss_weight": ("dino", "loss_weight"), "global_ignore_diagonal": ("dino", "global_ignore_diagonal"),
     "koleo_loss_weight": ("dino", "koleo_loss_weight"), "ibot_loss_weight": ("ibot", "loss_weight"),
+    "koleo_distributed": ("dino", "koleo_loss_distributed"), "koleo_group_size": ("dino", "koleo_distributed_loss_group_size"),
     "gram_loss_weight": ("gram", "loss_weight"), "gram_img_level": ("gram", "img_level"),
     "gram_remove_neg": ("gram", "remove_neg"), "gram_remove_only_teacher_neg": ("gram", "remove_only_teacher_neg"),
     "gram_normalized": ("gram", "normalized"), "gram_resize_method": ("gram", "global_teacher_resize_method"),
@@ -157,10 +161,11 @@ def ssl_losses(
     t_probs = teacher_out["cls_probs"]  # [T, B, K]
     n_global, n_local = student_out["global_cls_logits"].shape[0], student_out["local_cls_logits"].shape[0]
     s_global, s_local = dino_crop_scales(n_global, n_local, cfg.global_ignore_diagonal)
+    koleo = (lambda x: koleo_loss_distributed(x, group=koleo_group(cfg.koleo_group_size))) if cfg.koleo_distributed else koleo_loss
     out = {"dino_local_crops_loss": dino_loss(student_out["local_cls_logits"], t_probs, cfg.student_temp),
            "dino_global_crops_loss": dino_loss(student_out["global_cls_logits"], t_probs, cfg.student_temp,
                                                ignore_diagonal=cfg.global_ignore_diagonal),
-           "koleo_loss": sum(koleo_loss(x) for x in student_out["global_cls"]) / n_global,
+           "koleo_loss": sum(koleo(x) for x in student_out["global_cls"]) / n_global,
            "ibot_loss": ibot_loss_masked(student_out["masked_patch_logits"], teacher_out["masked_patch_probs"],
                                          masks, masks_weight, cfg.student_temp)}
     total = (cfg.dino_loss_weight * s_local * cfg.dino_local_loss_weight * out["dino_local_crops_loss"]

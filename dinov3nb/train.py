@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data import CropConfig, MaskConfig, MultiCropAugmentation, MultiCropCollate, ImageFolderDataset
+from .data import CropConfig, MaskConfig, MultiCropAugmentation, MultiCropCollate, ImageFolderDataset, mask_batch_fields
 from .losses import DINOHead
 from .optim import (OptimConfig, TeacherConfig, GramTeacherConfig, ScheduleSpec, ScheduleSpecs, build_schedules,
                             param_groups, apply_optim_schedule, ema_update, gram_refresh_due, gram_updates_before,
                             refresh_gram_teacher, clip_grad_per_module, NanGuard)
 from .ssl_step import SSLLossConfig, ssl_model, ssl_forward_backward
+from .distributed import rank, world_size, init_distributed, average_gradients, mean_over_ranks, shard_rows, fully_shard_ssl_model, reshard
 from .vit import DinoVisionTransformer, ViTConfig
 
 # %% auto #0
@@ -87,7 +88,8 @@ class RunConfig:
     checkpoint_period:int=1000 # save every this many iterations (and at the end)
     max_to_keep:int=3 # checkpoints kept on disk
     seed:int=0
-    device:str="cpu"
+    device:str="cpu" # "cpu" or "cuda" (each rank of a multi-GPU run takes GPU LOCAL_RANK)
+    strategy:Literal["ddp", "fsdp"]="ddp" # several ranks: replicate the student (gradients averaged) or shard it (FSDP2)
     progress:bool=True # tqdm progress bar
     max_nan_losses:int=3 # stop after this many non-finite losses in a row
 
@@ -216,6 +218,7 @@ def _tiny(**kw) -> TrainConfig:
         data=DataConfig(n_images=32, image_size=64, batch_size=8),
         run=RunConfig(output_dir="runs/tiny", checkpoint_period=10, progress=False))
     for k, v in kw.items(): setattr(cfg, k, v)
+    cfg.loss = dataclasses.replace(cfg.loss, koleo_distributed=True)  # same steps on any number of ranks
     return cfg
 
 def _gram_7b(loss:SSLLossConfig) -> SSLLossConfig:
@@ -292,8 +295,10 @@ def _seed(*keys:int) -> int:
 
 class StepBatches(torch.utils.data.Sampler):
     "Batches of `(image_seed, index, resolution)` keys for steps `start`, `start + 1`, ... `stop - 1`."
-    def __init__(self, n_images:int, batch_size:int, seed:int, start:int=0, stop:int=1, ratios:list[float]|None=None):
-        self.n, self.B, self.seed, self.start, self.stop = n_images, batch_size, seed, start, stop
+    def __init__(self, n_images:int, batch_size:int, seed:int, start:int=0, stop:int=1, ratios:list[float]|None=None,
+                 rank:int=0, world_size:int=1): # this rank's share of a global batch of `batch_size * world_size`
+        self.n, self.b, self.seed, self.start, self.stop = n_images, batch_size, seed, start, stop
+        self.rank, self.B = rank, batch_size * world_size
         self.ratios = np.asarray(ratios or [1.0], dtype=np.float64) / np.sum(ratios or [1.0])
         self._perms:dict[int, np.ndarray] = {}
 
@@ -301,11 +306,13 @@ class StepBatches(torch.utils.data.Sampler):
         if epoch not in self._perms: self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
         return self._perms[epoch]
 
-    def batch(self, step:int) -> list[tuple[int, int, int]]:
-        "The keys of step `step`."
+    def batch(self, step:int) -> list[tuple[int, int, int, int]]:
+        "This rank's keys `(image_seed, index, resolution, batch_seed)` of step `step`."
         res = int(np.random.default_rng([self.seed, step, 7]).choice(len(self.ratios), p=self.ratios))
-        pos = [step * self.B + j for j in range(self.B)]
-        return [(_seed(self.seed, step, j), int(self._perm(p // self.n)[p % self.n]), res) for j, p in enumerate(pos)]
+        js = range(self.rank * self.b, (self.rank + 1) * self.b)  # this rank's slice of the global batch
+        pos = [step * self.B + j for j in js]
+        return [(_seed(self.seed, step, j), int(self._perm(p // self.n)[p % self.n]), res, _seed(self.seed, step, 0))
+                for j, p in zip(js, pos)]
 
     def __iter__(self):
         for step in range(self.start, self.stop): yield self.batch(step)
@@ -315,21 +322,27 @@ class SeededCrops(torch.utils.data.Dataset):
     "Multi-crop views of `base[i]` (an `(image, label)` dataset) drawn under the key's seed."
     def __init__(self, base, augmentations:list[MultiCropAugmentation]): self.base, self.augmentations = base, augmentations
     def __len__(self) -> int: return len(self.base)
-    def __getitem__(self, key:tuple[int, int, int]):
-        seed, i, res = key
+    def __getitem__(self, key:tuple[int, int, int, int]):
+        seed, i, res, batch_seed = key
         image = self.base[i][0]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.augmentations[res](image), (seed, res)
+            return self.augmentations[res](image), (batch_seed, res)
 
 class SeededCollate:
-    "Collate with the collate function of the batch's resolution, masks drawn under a seed of the batch."
-    def __init__(self, collates:list[MultiCropCollate]): self.collates = collates
+    "Collate with the collate function of the batch's resolution, masks drawn under a seed of the global batch."
+    def __init__(self, collates:list[MultiCropCollate], rank:int=0, world_size:int=1):
+        self.collates, self.rank, self.world_size = collates, rank, world_size
     def __call__(self, samples:list) -> dict:
         seed, res = samples[0][1]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed(seed, 1))
-            return self.collates[res]([s[0] for s in samples])
+            out = self.collates[res]([s[0] for s in samples])
+        if self.world_size > 1:  # masks were drawn for the global batch: keep this rank's rows
+            T = len(samples[0][0]["global_crops"])
+            masks = out["collated_masks"][shard_rows(out["collated_masks"].shape[0], T, self.rank, self.world_size)]
+            out |= {"collated_masks": masks, **mask_batch_fields(masks)}
+        return out
 
 # %% ../nbs/10_train.ipynb #add11115
 def make_dataset(cfg:DataConfig, seed:int=0):
@@ -345,14 +358,16 @@ def _crop_configs(cfg:TrainConfig) -> list[CropConfig]:
     return [dataclasses.replace(cfg.crops, global_crops_size=r.global_crops_size, local_crops_size=r.local_crops_size,
                                 gram_teacher_crops_size=r.gram_teacher_crops_size) for r in cfg.resolutions]
 
-def make_loader(cfg:TrainConfig, dataset, start:int=0) -> torch.utils.data.DataLoader:
-    "A loader of the batches of steps `start` ... `cfg.iterations - 1`."
+def make_loader(cfg:TrainConfig, dataset, start:int=0, rank:int=0, world_size:int=1) -> torch.utils.data.DataLoader:
+    "A loader of rank `rank`'s share of the batches of steps `start` ... `cfg.iterations - 1`."
     crops = _crop_configs(cfg)
     ratios = [r.ratio for r in cfg.resolutions] if cfg.resolutions else None
-    sampler = StepBatches(len(dataset), cfg.data.batch_size, cfg.run.seed, start, cfg.iterations, ratios)
+    B, W = cfg.data.batch_size, world_size
+    sampler = StepBatches(len(dataset), B, cfg.run.seed, start, cfg.iterations, ratios, rank, W)
+    collates = [MultiCropCollate(c, cfg.masks, world_size=W, local_batch_size=B * W if W > 1 else None) for c in crops]
     return torch.utils.data.DataLoader(
         SeededCrops(dataset, [MultiCropAugmentation(c) for c in crops]), batch_sampler=sampler,
-        collate_fn=SeededCollate([MultiCropCollate(c, cfg.masks) for c in crops]), num_workers=cfg.data.num_workers,
+        collate_fn=SeededCollate(collates, rank, W), num_workers=cfg.data.num_workers,
         generator=torch.Generator().manual_seed(cfg.run.seed), persistent_workers=False)
 
 # %% ../nbs/10_train.ipynb #de2aba0f
@@ -450,26 +465,43 @@ class Trainer:
         random.seed(cfg.run.seed); np.random.seed(cfg.run.seed); torch.manual_seed(cfg.run.seed)
         self.dataset = make_dataset(cfg.data, cfg.run.seed)
         self.models = build_models(cfg)
+        self.rank, self.world = rank(), world_size()  # (0, 1) outside a process group
+        self.fsdp = self.world > 1 and cfg.run.strategy == "fsdp"
+        if self.fsdp:  # shard student and EMA alike, so the EMA update runs on matching local shards
+            for m in (self.models.student, self.models.ema): fully_shard_ssl_model(m)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
             param_groups(self.models.student, o.layerwise_decay, o.patch_embed_lr_mult, o.dino_head_wd_multiplier, o.decay_tokens),
             betas=(o.adamw_beta1, o.adamw_beta2))
-        self.schedules = build_schedules(o, cfg.teacher, cfg.data.batch_size)
+        self.schedules = build_schedules(o, cfg.teacher, cfg.data.batch_size * self.world)  # lr scaling: global batch
         self.guard, self.start, self.n_gram_updates = NanGuard(cfg.run.max_nan_losses), 0, 0
         if resume and checkpoints(self.out): self.load(checkpoints(self.out)[-1])
 
 # %% ../nbs/10_train.ipynb #0b556809
+def _full_state_dicts(self:Trainer) -> tuple[dict, dict, dict]:
+    "Unsharded student, EMA and optimizer state dicts (FSDP2 gathers them: every rank must call this)."
+    m = self.models
+    if not self.fsdp: return m.student.state_dict(), m.ema.state_dict(), self.optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_state_dict, get_model_state_dict, StateDictOptions
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    student, optim = get_state_dict(m.student, self.optimizer, options=opts)
+    return student, get_model_state_dict(m.ema, options=opts), optim
+
 def _state(self:Trainer, it:int) -> dict:
     m = self.models
-    return {"iteration": it, "config": json.dumps(config_to_dict(self.cfg)), "student": m.student.state_dict(),
-            "teacher": m.ema.state_dict(), "gram_teacher": m.gram.state_dict() if m.gram is not None else {},
-            "optimizer": self.optimizer.state_dict(), "n_gram_updates": self.n_gram_updates, "nan_count": self.guard.count,
-            "rng": rng_state()}
+    student, ema, optim = self._full_state_dicts()
+    return {"iteration": it, "config": json.dumps(config_to_dict(self.cfg)), "student": student,
+            "teacher": ema, "gram_teacher": m.gram.state_dict() if m.gram is not None else {},
+            "optimizer": optim, "n_gram_updates": self.n_gram_updates, "nan_count": self.guard.count,
+            "rng": rng_state(), "world_size": self.world}
 
 def _save(self:Trainer, it:int) -> Path:
-    "Write the checkpoint of the state after `it` iterations; keep the newest `run.max_to_keep`."
-    path = save_atomic(self._state(it), self.out / f"checkpoint_{it:07d}.pt")
-    for old in checkpoints(self.out)[:-self.cfg.run.max_to_keep]: old.unlink()
+    "Write the checkpoint of the state after `it` iterations (rank 0 writes, the others wait); keep the newest `run.max_to_keep`."
+    path, state = self.out / f"checkpoint_{it:07d}.pt", self._state(it)
+    if self.rank == 0:
+        save_atomic(state, path)
+        for old in checkpoints(self.out)[:-self.cfg.run.max_to_keep]: old.unlink()
+    if self.world > 1: torch.distributed.barrier()
     return path
 
 def _load(self:Trainer, path:str|Path):
@@ -480,14 +512,22 @@ def _load(self:Trainer, path:str|Path):
     diff = [f"{s}.{k}" for s in now if s != "run" for k in (now[s] or {}) if isinstance(now[s], dict)
             and (saved.get(s) or {}).get(k) != now[s][k]] + [s for s in now if not isinstance(now[s], dict) and saved.get(s) != now[s]]
     if diff: raise ConfigError(f"cannot resume from {path}: its config differs in {', '.join(diff)}")
+    if ck.get("world_size", 1) != self.world:
+        raise ConfigError(f"cannot resume from {path}: it was written by {ck.get('world_size', 1)} processes, this run has {self.world}")
     m = self.models
-    m.student.load_state_dict(ck["student"]); m.ema.load_state_dict(ck["teacher"])
+    if self.fsdp:
+        from torch.distributed.checkpoint.state_dict import set_state_dict, set_model_state_dict, StateDictOptions
+        opts = StateDictOptions(full_state_dict=True)
+        set_state_dict(m.student, self.optimizer, model_state_dict=ck["student"], optim_state_dict=ck["optimizer"], options=opts)
+        set_model_state_dict(m.ema, ck["teacher"], options=opts)
+    else:
+        m.student.load_state_dict(ck["student"]); m.ema.load_state_dict(ck["teacher"])
+        self.optimizer.load_state_dict(ck["optimizer"])
     if m.gram is not None: m.gram.load_state_dict(ck["gram_teacher"])
-    self.optimizer.load_state_dict(ck["optimizer"])
     self.start, self.n_gram_updates, self.guard.count = ck["iteration"], ck["n_gram_updates"], ck["nan_count"]
     set_rng_state(ck["rng"])
 
-Trainer._state, Trainer.save, Trainer.load = _state, _save, _load
+Trainer._full_state_dicts, Trainer._state, Trainer.save, Trainer.load = _full_state_dicts, _state, _save, _load
 
 # %% ../nbs/10_train.ipynb #f31b6ae5
 def _step(self:Trainer, it:int, batch:dict) -> dict:
@@ -498,10 +538,13 @@ def _step(self:Trainer, it:int, batch:dict) -> dict:
     if m.gram is not None and it == cfg.gram.it_load_ema_teacher: refresh_gram_teacher(m.gram, m.ema["backbone"])
     self.optimizer.zero_grad(set_to_none=True)
     out = _forward_backward(m, batch, s["teacher_temp"], cfg.loss, student_masks=not cfg.distill.enabled)
-    metrics = {"iteration": it, **s, **{k: float(v) for k, v in out.items()}}
+    if not self.fsdp: average_gradients(m.student)  # several replicas: the gradient of the global batch (FSDP2 reduces its own)
+    out = mean_over_ranks({k: float(v) for k, v in out.items()})  # the global batch's loss terms
+    metrics = {"iteration": it, **s, **out}
     if cfg.optim.clip_grad: metrics |= clip_grad_per_module(m.student, cfg.optim.clip_grad)
     if self.guard.check(out["total_loss"], it):
         self.optimizer.step()
+        if self.fsdp: reshard(m.ema); reshard(m.student)  # update local shards with local shards
         ema_update(m.ema, m.student, s["momentum"])
     else: metrics["skipped"] = True
     if m.gram is not None and gram_refresh_due(it, cfg.gram, self.n_gram_updates):
@@ -531,16 +574,17 @@ def _fit(self:Trainer) -> list[dict]:
     from tqdm.auto import tqdm
     cfg, m = self.cfg, self.models
     self.out.mkdir(parents=True, exist_ok=True)
-    (self.out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
-    log = self.out / "metrics.jsonl"
-    if log.exists():  # drop lines of iterations that will be redone (after a crash)
+    main = self.rank == 0  # one process writes the config and the log
+    if main: (self.out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
+    log = self.out / "metrics.jsonl" if main else Path(os.devnull)
+    if main and log.exists():  # drop lines of iterations that will be redone (after a crash)
         keep = [l for l in log.read_text().splitlines() if l and json.loads(l)["iteration"] < self.start]
         log.write_text("".join(l + "\n" for l in keep))
     m.student.train(); m.ema.eval(); m.teacher.eval()
     history = []
-    bar = tqdm(total=cfg.iterations, initial=self.start, disable=not cfg.run.progress, desc="train")
+    bar = tqdm(total=cfg.iterations, initial=self.start, disable=not (cfg.run.progress and main), desc="train")
     with log.open("a") as f:
-        for it, batch in enumerate(make_loader(cfg, self.dataset, self.start), start=self.start):
+        for it, batch in enumerate(make_loader(cfg, self.dataset, self.start, self.rank, self.world), start=self.start):
             metrics = self.step(it, batch)
             history.append(metrics)
             f.write(json.dumps(metrics) + "\n"); f.flush()
@@ -596,7 +640,9 @@ def train_main(argv:list[str]|None=None) -> int:
     args = ap.parse_args(argv)
     try: cfg = load_config(args.config, args.overrides)
     except ConfigError as e: print(f"error: {e}", file=sys.stderr); return 2
+    cfg.run.device = init_distributed(cfg.run.device)  # joins the process group under torchrun / SLURM
     trainer = Trainer(cfg, resume=args.resume)
     trainer.fit()
-    print(f"checkpoints in {cfg.run.output_dir}: {', '.join(p.name for p in checkpoints(cfg.run.output_dir))}")
+    if trainer.rank == 0: print(f"checkpoints in {cfg.run.output_dir}: {', '.join(p.name for p in checkpoints(cfg.run.output_dir))}")
+    if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
     return 0
