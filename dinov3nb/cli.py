@@ -331,6 +331,9 @@ def _parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="self-supervised training: --config PRESET_OR_YAML key=value ... [--resume] "
                         "(`dinov3nb train -h` lists the options)", add_help=False)
     tr.add_argument("args", nargs=argparse.REMAINDER, help="the config and overrides, see `dinov3nb train -h`")
+    sb = sub.add_parser("submit", help="run `dinov3nb train` as a SLURM job (or --local) through submitit "
+                        "(`dinov3nb submit -h` lists the options)", add_help=False)
+    sb.add_argument("args", nargs=argparse.REMAINDER, help="cluster options and train arguments, see `dinov3nb submit -h`")
     sub.add_parser("list", help="list the released backbones")
     i = sub.add_parser("info", help="describe a checkpoint file or directory")
     i.add_argument("path", help="checkpoint file or Hugging Face directory")
@@ -389,6 +392,9 @@ def main(argv:list[str]|None=None) -> int:
     if argv[:1] == ["train"]:  # its own parser (10_train), configs from presets/YAML and key=value overrides
         from dinov3nb.train import train_main
         return train_main(argv[1:])
+    if argv[:1] == ["submit"]:  # its own parser (17_submit): SLURM or local jobs through submitit
+        from dinov3nb.submit import submit_main
+        return submit_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo": run_demo(args.model, args.weights, args.image, args.size, args.out)
