@@ -167,7 +167,7 @@ def run_demo(
     pictures = {"heatmap": heatmap_picture(model, cat, size=size),
                 "pca": pca_picture(model, read_image(imgs["pca"][0]), size=size),
                 "kmeans": kmeans_picture(model, read_image(imgs["kmeans"][0]), size=size)}
-    written = {k: save_png(stamp(pic, f"{k} of {imgs[k][1]} | {note}"), out_dir / f"{k}.png") for k, pic in pictures.items()}
+    written = {k: save_png(stamp(pic, f"{k}: {imgs[k][1]} | {note}"), out_dir / f"{k}.png") for k, pic in pictures.items()}
     say(f"wrote {len(written)} pictures to {out_dir.resolve()}/: " + ", ".join(p.name for p in written.values()))
     return {"features": feats, "input": x, "model": model, "pictures": written}
 
