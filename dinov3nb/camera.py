@@ -12,16 +12,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageSequence
-from torch import Tensor, nn
+from torch import Tensor
 
 from .dense import kmeans
-from .runtime import Runtime, TorchRuntime
+from .runtime import Runtime
 from .plots import label_palette
 from .transforms import get_normalization, patch_multiple_size
 

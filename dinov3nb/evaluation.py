@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .export import model_fingerprint  # one fingerprint for the feature cache and the ONNX cache
+
 # %% auto #0
-__all__ = ['FeatureKind', 'patch_and_cls', 'global_features', 'PixelFeatures', 'model_fingerprint', 'data_fingerprint',
-           'BackboneTransform', 'extract_features', 'pyplot', 'topk_accuracy', 'confusion_matrix',
-           'segmentation_scores', 'depth_metrics', 'average_precision', 'region_similarity', 'boundary_f_measure']
+__all__ = ['FeatureKind', 'patch_and_cls', 'global_features', 'PixelFeatures', 'data_fingerprint', 'BackboneTransform',
+           'extract_features', 'pyplot', 'topk_accuracy', 'confusion_matrix', 'segmentation_scores', 'depth_metrics',
+           'average_precision', 'region_similarity', 'boundary_f_measure']
 
 # %% ../nbs/20_eval.ipynb #0ea8a741
 FeatureKind = str  # "cls", "mean", "cls+mean" or "lastN" (N a positive int)
@@ -81,16 +83,6 @@ class PixelFeatures(nn.Module):
         return tuple(((patch, cls) if return_class_token else patch) for _ in range(k))
 
 # %% ../nbs/20_eval.ipynb #7981db78
-def model_fingerprint(model:nn.Module) -> str:
-    "Return a SHA-256 hex digest of `model`'s class, config and every tensor of its state dict."
-    h = hashlib.sha256(type(model).__name__.encode())
-    h.update(repr(getattr(model, "cfg", getattr(model, "preset", ""))).encode())
-    for k, v in sorted(model.state_dict().items()):
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
 def data_fingerprint(dataset) -> str:
     "Return a string that changes whenever the images of `dataset` change (ShapesWorld, image folders, subsets)."
     from dinov3nb.data import ImageFolderDataset

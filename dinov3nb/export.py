@@ -10,13 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -208,12 +206,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DINOV3NB_CACHE", Path.home() / ".cache" / "dinov3nb"))
 
 def model_fingerprint(model:nn.Module, **settings) -> str:
-    "A short hash of `model`'s class, state (names, shapes and values) and `settings`."
+    "SHA-256 hex digest of `model`'s class, config, every state-dict tensor (name, dtype, shape, bytes) and `settings`."
     h = hashlib.sha256(f"{type(model).__name__}|{json.dumps(settings, sort_keys=True, default=str)}".encode())
-    for k, v in model.state_dict().items():
-        h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode())
-        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()[:16]
+    h.update(repr(getattr(model, "cfg", getattr(model, "preset", ""))).encode())
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 def accelerate(
     model:nn.Module, # a dinov3nb ViT or ConvNeXt
@@ -227,7 +227,7 @@ def accelerate(
     folder = Path(folder) if folder is not None else cache_dir() / "onnx"
     name = getattr(model, "preset", None) or type(model).__name__
     fp = model_fingerprint(model, layers=list(intermediate_layers), exporter=exporter)
-    path = folder / f"{name}-{fp}.onnx"
+    path = folder / f"{name}-{fp[:16]}.onnx"
     if not path.is_file():
         tmp_path = path.with_suffix(f".{os.getpid()}.tmp.onnx")
         export_onnx(model, tmp_path, intermediate_layers=intermediate_layers, exporter=exporter,

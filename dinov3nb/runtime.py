@@ -15,7 +15,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from .export import OnnxRuntimeBackbone, accelerate, cache_dir, export_onnx, model_fingerprint, model_stride, require
+from .export import accelerate, cache_dir, model_stride
 
 # %% auto #0
 __all__ = ['RUNTIMES', 'Runtime', 'TorchRuntime', 'shape_profile', 'engine_path', 'build_engine', 'TensorRTRuntime',

@@ -8,7 +8,8 @@ Docs: https://dinov3nb.github.io/dinov3nb/vit.html.md"""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
