@@ -8,7 +8,7 @@ Docs: https://dinov3nb.github.io/dinov3nb/optim.html.md"""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,9 +16,10 @@ from torch import Tensor, nn
 
 # %% auto #0
 __all__ = ['SCALING_RULES', 'Schedule', 'cosine_schedule', 'warmup_cosine', 'scale_lr', 'ScheduleSpec', 'ScheduleSpecs',
-           'OptimConfig', 'TeacherConfig', 'TrainSchedules', 'build_schedules', 'layer_id', 'param_groups',
-           'apply_optim_schedule', 'ema_update', 'GramTeacherConfig', 'gram_refresh_due', 'gram_updates_before',
-           'refresh_gram_teacher', 'clip_grad_per_module', 'NonFiniteLossError', 'NanGuard']
+           'OptimConfig', 'TeacherConfig', 'TrainSchedules', 'build_schedules', 'LossWeightSchedules',
+           'loss_weight_schedules', 'layer_id', 'param_groups', 'apply_optim_schedule', 'ema_update',
+           'GramTeacherConfig', 'gram_refresh_due', 'gram_updates_before', 'refresh_gram_teacher',
+           'clip_grad_per_module', 'NonFiniteLossError', 'NanGuard']
 
 # %% ../nbs/15_optim.ipynb #1fa1c4a9
 @dataclass
@@ -122,6 +123,7 @@ class OptimConfig:
     adamw_beta2:float=0.999
     decay_tokens:bool=True # weight decay on CLS/register/mask tokens, as the official code does
     schedules:ScheduleSpecs|None=None # v2 schedules; None: v1 from the keys above
+    loss_weights:LossWeightSchedules|None=None # scheduled loss weights; None: the constant weights of `SSLLossConfig`
 
     @property
     def total_iters(self) -> int: return self.epochs * self.epoch_length
@@ -137,21 +139,29 @@ class TeacherConfig:
 
 @dataclass
 class TrainSchedules:
-    "The five per-iteration schedules of a run."
+    "The per-iteration schedules of a run: five for the optimiser and the teacher, and the scheduled loss weights."
     lr:Schedule
     weight_decay:Schedule
     momentum:Schedule
     teacher_temp:Schedule
     last_layer_lr:Schedule
+    loss_weights:dict[str, Schedule]=field(default_factory=dict) # keyed by `SSLLossConfig` field
 
     def at(self, it:int) -> dict[str, float]:
         "All values at iteration `it`."
-        return {k: getattr(self, k)[it] for k in ("lr", "weight_decay", "momentum", "teacher_temp", "last_layer_lr")}
+        return ({k: getattr(self, k)[it] for k in ("lr", "weight_decay", "momentum", "teacher_temp", "last_layer_lr")}
+                | {k: s[it] for k, s in self.loss_weights.items()})
 
 # %% ../nbs/15_optim.ipynb #5a493408
 def _frozen_last_layer(lr:Schedule, n:int) -> Schedule:
     values = lr.values.copy(); values[:n] = 0
     return Schedule(values, lr.final)
+
+def _from_spec(spec:ScheduleSpec, epoch_length:int, total_iters:int, scale:float=1.0) -> Schedule:
+    "The v2 schedule of `spec` (epochs of `epoch_length` iterations), its peak and end times `scale`."
+    it = lambda epochs: int(round(epochs * epoch_length))
+    cos = None if spec.cosine_epochs is None else it(spec.cosine_epochs)
+    return warmup_cosine(spec.start, spec.peak * scale, spec.end * scale, it(spec.warmup_epochs), total_iters, cos)
 
 def build_schedules(
     optim:OptimConfig,
@@ -161,22 +171,35 @@ def build_schedules(
     "Build the learning-rate, weight-decay, momentum, teacher-temperature and last-layer schedules."
     E, T = optim.epoch_length, optim.total_iters
     it = lambda epochs: int(round(epochs * E))
+    weights = loss_weight_schedules(optim.loss_weights, E, T) if optim.loss_weights is not None else {}  # next section
     if optim.schedules is not None:
         s = optim.schedules
-        def v2(spec:ScheduleSpec, scale:float=1.0) -> Schedule:
-            cos = None if spec.cosine_epochs is None else it(spec.cosine_epochs)
-            return warmup_cosine(spec.start, spec.peak * scale, spec.end * scale, it(spec.warmup_epochs), T, cos)
-        scale = scale_lr(1.0, batch_size, optim.scaling_rule)
-        lr = v2(s.lr, scale)
+        v2 = lambda spec, scale=1.0: _from_spec(spec, E, T, scale)
+        lr = v2(s.lr, scale_lr(1.0, batch_size, optim.scaling_rule))
         return TrainSchedules(lr, v2(s.weight_decay), v2(s.momentum), v2(s.teacher_temp),
-                              _frozen_last_layer(lr, it(s.lr.freeze_last_layer_epochs)))
+                              _frozen_last_layer(lr, it(s.lr.freeze_last_layer_epochs)), weights)
     lr = cosine_schedule(scale_lr(optim.lr, batch_size, optim.scaling_rule), optim.min_lr, T, it(optim.warmup_epochs),
                          trunc_extra=optim.schedule_trunc_extra)
     wd = cosine_schedule(optim.weight_decay, optim.weight_decay_end, T, trunc_extra=optim.schedule_trunc_extra)
     mom = cosine_schedule(teacher.momentum_teacher, teacher.final_momentum_teacher, T, trunc_extra=optim.schedule_trunc_extra)
     n_temp = it(teacher.warmup_teacher_temp_epochs)
     temp = cosine_schedule(teacher.teacher_temp, teacher.teacher_temp, n_temp, n_temp, teacher.warmup_teacher_temp)
-    return TrainSchedules(lr, wd, mom, temp, _frozen_last_layer(lr, it(optim.freeze_last_layer_epochs)))
+    return TrainSchedules(lr, wd, mom, temp, _frozen_last_layer(lr, it(optim.freeze_last_layer_epochs)), weights)
+
+# %% ../nbs/15_optim.ipynb #13e201f8
+@dataclass
+class LossWeightSchedules:
+    "Loss weights that move during training, each named after the `SSLLossConfig` field it sets; None: constant."
+    dino_local_loss_weight:ScheduleSpec|None=None # w_L(t): official `dino.local_loss_weight_schedule`
+    gram_loss_weight:ScheduleSpec|None=None # w_G(t): official `gram.loss_weight_schedule`
+
+def loss_weight_schedules(
+    specs:LossWeightSchedules,
+    epoch_length:int, # E, iterations per epoch
+    total_iters:int, # T
+) -> dict[str, Schedule]:
+    "Per-iteration schedules of the scheduled loss weights, keyed by their `SSLLossConfig` field."
+    return {name: _from_spec(spec, epoch_length, total_iters) for name, spec in vars(specs).items() if spec is not None}
 
 # %% ../nbs/15_optim.ipynb #61a2bc93
 _TOKENS = ("pos_embed", "patch_embed", "mask_token", "cls_token", "storage_tokens")

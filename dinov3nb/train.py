@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .data import CropConfig, MaskConfig, MultiCropAugmentation, MultiCropCollate, ImageFolderDataset, mask_batch_fields
 from .losses import DINOHead
-from .optim import (OptimConfig, TeacherConfig, GramTeacherConfig, ScheduleSpec, ScheduleSpecs, build_schedules,
+from .optim import (OptimConfig, TeacherConfig, GramTeacherConfig, ScheduleSpec, ScheduleSpecs, LossWeightSchedules, build_schedules,
                             param_groups, apply_optim_schedule, ema_update, gram_refresh_due, gram_updates_before,
                             refresh_gram_teacher, clip_grad_per_module, NanGuard)
 from .ssl_step import SSLLossConfig, ssl_model, ssl_forward_backward
@@ -229,15 +229,18 @@ def preset_pretrain() -> TrainConfig:
     return TrainConfig(student=_vitl(), crops=CropConfig(global_crops_size=256, local_crops_size=112))
 
 def preset_gram() -> TrainConfig:
-    "Gram anchoring (§4): 7B schedules, Gram teacher on 2x crops without distortions, refreshed every 10k iterations."
+    "The 7B run with Gram anchoring (§4) from 1M iterations: Gram teacher on 2x crops without distortions, weight ramped to 2."
     s = ScheduleSpecs(ScheduleSpec(0, 3e-5, 3e-5, 100, freeze_last_layer_epochs=5), ScheduleSpec(0.04, 0.04, 0.04),
                       ScheduleSpec(0.999, 0.999, 0.999), ScheduleSpec(0.04, 0.07, 0.07, 100))
+    w = LossWeightSchedules(dino_local_loss_weight=ScheduleSpec(1, 1, 0.5, 1000, cosine_epochs=1),   # from 1M iterations
+                            gram_loss_weight=ScheduleSpec(0, 0, 2.0, 1000, cosine_epochs=1))
     return TrainConfig(student=_vitl(), loss=_gram_7b(SSLLossConfig()),
                        crops=CropConfig(global_crops_size=256, local_crops_size=112, gram_teacher_crops_size=512,
                                         gram_teacher_no_distortions=True, horizontal_flips=False),
                        optim=OptimConfig(epochs=1200, epoch_length=1000, clip_grad=30.0, layerwise_decay=0.98,
-                                         adamw_beta2=0.99, schedules=s),
-                       gram=GramTeacherConfig(use_loss=True, it_load_ema_teacher=0, update_frequency=10_000, max_updates=3))
+                                         adamw_beta2=0.99, schedules=s, loss_weights=w),
+                       gram=GramTeacherConfig(use_loss=True, it_load_ema_teacher=1_000_000, update_frequency=10_000,
+                                              it_first_update=1_010_000, max_updates=3))
 
 def preset_highres() -> TrainConfig:
     "High-resolution adaptation (§5.1): mixed global/local/Gram crop sizes up to 768/336/1152 px, constant schedules."
@@ -247,8 +250,8 @@ def preset_highres() -> TrainConfig:
                        Resolution(768, 224, 1152, 0.05), Resolution(768, 336, 1152, 0.05)]
     cfg.optim = dataclasses.replace(cfg.optim, epochs=30, schedules=ScheduleSpecs(
         ScheduleSpec(0, 0, 1.25e-5, 0, cosine_epochs=10), ScheduleSpec(0.04, 0.04, 0.04), ScheduleSpec(0.999, 0.999, 0.999),
-        ScheduleSpec(0.07, 0.07, 0.07)))
-    cfg.gram = dataclasses.replace(cfg.gram, rep_update=False)
+        ScheduleSpec(0.07, 0.07, 0.07)), loss_weights=None)  # the constant weights above (official: constant schedules)
+    cfg.gram = dataclasses.replace(cfg.gram, it_load_ema_teacher=0, rep_update=False)
     cfg.data = dataclasses.replace(cfg.data, batch_size=8)
     return cfg
 
@@ -537,7 +540,8 @@ def _step(self:Trainer, it:int, batch:dict) -> dict:
     m.student["backbone"].requires_grad_(it >= cfg.init.head_warmup_iters)
     if m.gram is not None and it == cfg.gram.it_load_ema_teacher: refresh_gram_teacher(m.gram, m.ema["backbone"])
     self.optimizer.zero_grad(set_to_none=True)
-    out = _forward_backward(m, batch, s["teacher_temp"], cfg.loss, student_masks=not cfg.distill.enabled)
+    loss_cfg = dataclasses.replace(cfg.loss, **{k: s[k] for k in self.schedules.loss_weights})  # this iteration's weights
+    out = _forward_backward(m, batch, s["teacher_temp"], loss_cfg, student_masks=not cfg.distill.enabled)
     if not self.fsdp: average_gradients(m.student)  # several replicas: the gradient of the global batch (FSDP2 reduces its own)
     out = mean_over_ranks({k: float(v) for k, v in out.items()})  # the global batch's loss terms
     metrics = {"iteration": it, **s, **out}
