@@ -91,6 +91,7 @@ class RunConfig:
     device:str="cpu" # "cpu" or "cuda" (each rank of a multi-GPU run takes GPU LOCAL_RANK)
     strategy:Literal["ddp", "fsdp"]="ddp" # several ranks: replicate the student (gradients averaged) or shard it (FSDP2)
     progress:bool=True # tqdm progress bar
+    tensorboard:bool=False # rank 0 also writes every metric as a TensorBoard scalar to `output_dir/tensorboard`
     max_nan_losses:int=3 # stop after this many non-finite losses in a row
 
 @dataclass
@@ -199,6 +200,10 @@ def validate(cfg:TrainConfig) -> TrainConfig:
     if cfg.data.batch_size < 2: raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be >= 2 (KoLeo needs 2 images)")
     if cfg.iterations < 1: raise ConfigError(f"run.iterations={cfg.run.iterations} must be >= 1")
     if cfg.run.checkpoint_period < 1: raise ConfigError(f"run.checkpoint_period={cfg.run.checkpoint_period} must be >= 1")
+    from importlib.util import find_spec
+    if cfg.run.tensorboard and find_spec("tensorboard") is None:
+        raise ConfigError("run.tensorboard=true needs the tensorboard package: pip install tensorboard "
+                          "(or pip install 'dinov3nb[train]'), or set run.tensorboard=false")
     return cfg
 
 # %% ../nbs/10_train.ipynb #458e54f3
@@ -573,6 +578,11 @@ def _forward_backward(m:Models, batch:dict, teacher_temp:float, loss_cfg:SSLLoss
     losses["total_loss"].backward()
     return {k: v.detach() for k, v in losses.items()}
 
+def _tensorboard(out:Path, start:int):
+    "A TensorBoard writer on `out/tensorboard` that hides the events of iterations >= `start` (redone after a resume)."
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(out / "tensorboard"), purge_step=start or None)
+
 def _fit(self:Trainer) -> list[dict]:
     "Train from `self.start` to `cfg.iterations`; return the metrics of the iterations run."
     from tqdm.auto import tqdm
@@ -584,6 +594,7 @@ def _fit(self:Trainer) -> list[dict]:
     if main and log.exists():  # drop lines of iterations that will be redone (after a crash)
         keep = [l for l in log.read_text().splitlines() if l and json.loads(l)["iteration"] < self.start]
         log.write_text("".join(l + "\n" for l in keep))
+    tb = _tensorboard(self.out, self.start) if main and cfg.run.tensorboard else None
     m.student.train(); m.ema.eval(); m.teacher.eval()
     history = []
     bar = tqdm(total=cfg.iterations, initial=self.start, disable=not (cfg.run.progress and main), desc="train")
@@ -592,9 +603,14 @@ def _fit(self:Trainer) -> list[dict]:
             metrics = self.step(it, batch)
             history.append(metrics)
             f.write(json.dumps(metrics) + "\n"); f.flush()
+            for k, v in metrics.items():
+                if tb is not None and k != "iteration": tb.add_scalar(k, float(v), it)
             bar.update(1); bar.set_postfix(loss=f"{metrics['total_loss']:.3f}")
-            if (it + 1) % cfg.run.checkpoint_period == 0 or it + 1 == cfg.iterations: self.save(it + 1)
+            if (it + 1) % cfg.run.checkpoint_period == 0 or it + 1 == cfg.iterations:
+                if tb is not None: tb.flush()
+                self.save(it + 1)
     bar.close()
+    if tb is not None: tb.close()
     return history
 
 Trainer.step, Trainer.fit = _step, _fit

@@ -174,3 +174,25 @@ def test_image_folder_training(tmp_path):
 
 def test_presets_listed():
     assert {"pretrain", "gram", "highres", "distill", "tiny_pretrain", "tiny_gram", "tiny_highres", "tiny_distill"} <= set(PRESETS)
+
+
+def test_tensorboard_scalars(tmp_path):
+    pytest.importorskip("tensorboard", reason="pip install 'dinov3nb[train]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out = tmp_path / "run"
+    hist = run("tiny_pretrain", out, **{"run.iterations": 3, "run.tensorboard": "true"})
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    ea = EventAccumulator(str(out / "tensorboard")); ea.Reload()
+    assert {"total_loss", "lr", "ibot_loss", "backbone_grad_norm"} <= set(ea.Tags()["scalars"])
+    loss = ea.Scalars("total_loss")
+    assert [e.step for e in loss] == [0, 1, 2]
+    assert [e.value for e in loss] == pytest.approx([h["total_loss"] for h in hist], rel=1e-6)  # stored as fp32
+
+
+def test_tensorboard_missing_fails_before_training(tmp_path, monkeypatch):
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else find_spec(name, *a))
+    with pytest.raises(ConfigError, match=r"run.tensorboard=true needs the tensorboard package: pip install tensorboard"):
+        load_config("tiny_pretrain", ["run.tensorboard=true", f"run.output_dir={tmp_path}"])
+    assert not any(tmp_path.iterdir())
