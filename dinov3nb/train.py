@@ -11,6 +11,8 @@ import dataclasses
 import json
 import os
 import random
+import re
+import shutil
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ __all__ = ['PRESETS', 'HeadConfig', 'DataConfig', 'Resolution', 'InitConfig', 'D
            'preset_gram', 'preset_highres', 'preset_distill', 'preset_tiny_pretrain', 'preset_tiny_gram',
            'preset_tiny_highres', 'preset_tiny_distill', 'StepBatches', 'SeededCrops', 'SeededCollate', 'make_dataset',
            'make_loader', 'Models', 'build_models', 'rng_state', 'set_rng_state', 'save_atomic', 'checkpoints',
-           'Trainer', 'export_backbone', 'load_config', 'train_main']
+           'Trainer', 'read_checkpoint', 'consolidate_checkpoint', 'export_backbone', 'load_config', 'train_main']
 
 # %% ../nbs/10_train.ipynb #81a969b0
 @dataclass
@@ -461,8 +463,8 @@ def save_atomic(obj:dict, path:Path) -> Path:
     return path
 
 def checkpoints(output_dir:str|Path) -> list[Path]:
-    "The complete checkpoints of a run, oldest first."
-    return sorted(Path(output_dir).glob("checkpoint_*.pt"))
+    "The complete checkpoints of a run, oldest first: `checkpoint_<iteration>.pt` files and sharded `checkpoint_<iteration>` folders."
+    return sorted(p for p in Path(output_dir).glob("checkpoint_*") if re.fullmatch(r"checkpoint_\d+(\.pt)?", p.name))
 
 # %% ../nbs/10_train.ipynb #9771c829
 class Trainer:
@@ -486,35 +488,28 @@ class Trainer:
         if resume and checkpoints(self.out): self.load(checkpoints(self.out)[-1])
 
 # %% ../nbs/10_train.ipynb #0b556809
-def _full_state_dicts(self:Trainer) -> tuple[dict, dict, dict]:
-    "Unsharded student, EMA and optimizer state dicts (FSDP2 gathers them: every rank must call this)."
-    m = self.models
-    if not self.fsdp: return m.student.state_dict(), m.ema.state_dict(), self.optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import get_state_dict, get_model_state_dict, StateDictOptions
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    student, optim = get_state_dict(m.student, self.optimizer, options=opts)
-    return student, get_model_state_dict(m.ema, options=opts), optim
-
 def _state(self:Trainer, it:int) -> dict:
     m = self.models
-    student, ema, optim = self._full_state_dicts()
-    return {"iteration": it, "config": json.dumps(config_to_dict(self.cfg)), "student": student,
-            "teacher": ema, "gram_teacher": m.gram.state_dict() if m.gram is not None else {},
-            "optimizer": optim, "n_gram_updates": self.n_gram_updates, "nan_count": self.guard.count,
+    return {"iteration": it, "config": json.dumps(config_to_dict(self.cfg)), "student": m.student.state_dict(),
+            "teacher": m.ema.state_dict(), "gram_teacher": m.gram.state_dict() if m.gram is not None else {},
+            "optimizer": self.optimizer.state_dict(), "n_gram_updates": self.n_gram_updates, "nan_count": self.guard.count,
             "rng": rng_state(), "world_size": self.world}
 
 def _save(self:Trainer, it:int) -> Path:
-    "Write the checkpoint of the state after `it` iterations (rank 0 writes, the others wait); keep the newest `run.max_to_keep`."
-    path, state = self.out / f"checkpoint_{it:07d}.pt", self._state(it)
+    "Write the checkpoint of the state after `it` iterations; keep the newest `run.max_to_keep`."
+    if self.fsdp: path = self.save_sharded(it)  # every rank writes its shards
+    else:  # replicas are equal: rank 0 writes, the others wait
+        path = self.out / f"checkpoint_{it:07d}.pt"
+        if self.rank == 0: save_atomic(self._state(it), path)
     if self.rank == 0:
-        save_atomic(state, path)
-        for old in checkpoints(self.out)[:-self.cfg.run.max_to_keep]: old.unlink()
+        for old in checkpoints(self.out)[:-self.cfg.run.max_to_keep]: shutil.rmtree(old) if old.is_dir() else old.unlink()
     if self.world > 1: torch.distributed.barrier()
     return path
 
 def _load(self:Trainer, path:str|Path):
-    "Continue from checkpoint `path`."
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    "Continue from checkpoint `path`: a `.pt` file, or the folder of a sharded checkpoint."
+    path = Path(path)
+    ck = torch.load(path / "trainer_state.pt" if path.is_dir() else path, map_location="cpu", weights_only=True)
     saved = config_to_dict(config_from_dict(json.loads(ck["config"])))
     now = config_to_dict(self.cfg)
     diff = [f"{s}.{k}" for s in now if s != "run" for k in (now[s] or {}) if isinstance(now[s], dict)
@@ -523,7 +518,8 @@ def _load(self:Trainer, path:str|Path):
     if ck.get("world_size", 1) != self.world:
         raise ConfigError(f"cannot resume from {path}: it was written by {ck.get('world_size', 1)} processes, this run has {self.world}")
     m = self.models
-    if self.fsdp:
+    if path.is_dir(): self.load_sharded(path)
+    elif self.fsdp:  # a full checkpoint (e.g. consolidated): FSDP2 shards it again
         from torch.distributed.checkpoint.state_dict import set_state_dict, set_model_state_dict, StateDictOptions
         opts = StateDictOptions(full_state_dict=True)
         set_state_dict(m.student, self.optimizer, model_state_dict=ck["student"], optim_state_dict=ck["optimizer"], options=opts)
@@ -531,11 +527,11 @@ def _load(self:Trainer, path:str|Path):
     else:
         m.student.load_state_dict(ck["student"]); m.ema.load_state_dict(ck["teacher"])
         self.optimizer.load_state_dict(ck["optimizer"])
-    if m.gram is not None: m.gram.load_state_dict(ck["gram_teacher"])
+    if m.gram is not None and not path.is_dir(): m.gram.load_state_dict(ck["gram_teacher"])
     self.start, self.n_gram_updates, self.guard.count = ck["iteration"], ck["n_gram_updates"], ck["nan_count"]
-    set_rng_state(ck["rng"])
+    set_rng_state(torch.load(path / f"rng_rank{self.rank}.pt", weights_only=True) if path.is_dir() else ck["rng"])
 
-Trainer._full_state_dicts, Trainer._state, Trainer.save, Trainer.load = _full_state_dicts, _state, _save, _load
+Trainer._state, Trainer.save, Trainer.load = _state, _save, _load
 
 # %% ../nbs/10_train.ipynb #f31b6ae5
 def _step(self:Trainer, it:int, batch:dict) -> dict:
@@ -615,15 +611,83 @@ def _fit(self:Trainer) -> list[dict]:
 
 Trainer.step, Trainer.fit = _step, _fit
 
+# %% ../nbs/10_train.ipynb #21a50d18
+def _sharded_state(self:Trainer) -> tuple[dict, dict]:
+    "The tensors of the run as this rank holds them (its shards under FSDP2), and the optimizer's parameter groups."
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    m = self.models
+    optim = get_optimizer_state_dict(m.student, self.optimizer)  # keyed by parameter name; creates empty AdamW moments
+    return ({"student": get_model_state_dict(m.student), "teacher": get_model_state_dict(m.ema),
+             "gram_teacher": m.gram.state_dict() if m.gram is not None else {}, "optimizer": optim["state"]},
+            optim["param_groups"])
+
+def _save_sharded(self:Trainer, it:int) -> Path:
+    "Every rank writes its shards of the state after `it` iterations into the folder `checkpoint_<it>` (atomically)."
+    import torch.distributed.checkpoint as dcp
+    path = self.out / f"checkpoint_{it:07d}"
+    tmp = path.with_name(f".{path.name}.tmp")
+    if self.rank == 0: shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    if self.world > 1: torch.distributed.barrier()
+    tensors, param_groups = self._sharded_state()
+    dcp.save(tensors, checkpoint_id=tmp, no_dist=self.world == 1)
+    torch.save(rng_state(), tmp / f"rng_rank{self.rank}.pt")
+    if self.rank == 0:
+        torch.save({"iteration": it, "config": json.dumps(config_to_dict(self.cfg)), "n_gram_updates": self.n_gram_updates,
+                    "nan_count": self.guard.count, "world_size": self.world, "optimizer_param_groups": param_groups},
+                   tmp / "trainer_state.pt")
+    if self.world > 1: torch.distributed.barrier()  # every rank's files are in `tmp`
+    if self.rank == 0:
+        if path.exists(): shutil.rmtree(path)  # the same iteration saved again after a resume
+        os.replace(tmp, path)
+    return path
+
+def _load_sharded(self:Trainer, path:Path):
+    "Read this rank's shards of checkpoint folder `path` into the models and the optimizer."
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    m = self.models
+    tensors, param_groups = self._sharded_state()
+    dcp.load(tensors, checkpoint_id=path, no_dist=self.world == 1)  # in place, each rank its own shards
+    set_model_state_dict(m.student, tensors["student"]); set_model_state_dict(m.ema, tensors["teacher"])
+    set_optimizer_state_dict(m.student, self.optimizer, {"state": tensors["optimizer"], "param_groups": param_groups})
+    if m.gram is not None: m.gram.load_state_dict(tensors["gram_teacher"])
+
+Trainer._sharded_state, Trainer.save_sharded, Trainer.load_sharded = _sharded_state, _save_sharded, _load_sharded
+
+def read_checkpoint(path:str|Path) -> dict:
+    "The full state of a training checkpoint: a `.pt` file, or a sharded folder gathered into memory."
+    path = Path(path)
+    if not path.is_dir(): return torch.load(path, map_location="cpu", weights_only=True)
+    if not (path / "trainer_state.pt").is_file():
+        raise FileNotFoundError(f"{path} is not a sharded checkpoint of dinov3nb.train (no trainer_state.pt)")
+    import tempfile
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    with tempfile.TemporaryDirectory() as d:  # DCP gathers the shards into one torch.save file
+        dcp_to_torch_save(path, Path(d) / "full.pt")
+        tensors = torch.load(Path(d) / "full.pt", map_location="cpu", weights_only=True)
+    meta = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+    groups = meta.pop("optimizer_param_groups")
+    return meta | {"student": tensors["student"], "teacher": tensors["teacher"], "gram_teacher": tensors.get("gram_teacher", {}),
+                   "optimizer": {"state": tensors.get("optimizer", {}), "param_groups": groups},
+                   "rng": torch.load(path / "rng_rank0.pt", weights_only=True)}
+
+def consolidate_checkpoint(
+    checkpoint:str|Path, # the folder of a sharded checkpoint (FSDP2 run)
+    out:str|Path|None=None, # the `.pt` file to write; None: `<folder>_full.pt` beside the folder
+) -> Path:
+    "Gather a sharded checkpoint into one full `.pt` checkpoint, the format a single process writes."
+    folder = Path(checkpoint)
+    return save_atomic(read_checkpoint(folder), Path(out) if out else folder.with_name(folder.name + "_full.pt"))
+
 # %% ../nbs/10_train.ipynb #90f466a4
 def export_backbone(
-    checkpoint:str|Path, # a training checkpoint of this trainer
+    checkpoint:str|Path, # a training checkpoint of this trainer (`.pt` file or sharded folder)
     out:str|Path, # the backbone file to write (.safetensors)
     which:str="teacher", # "teacher" (EMA) or "student"
 ) -> Path:
     "Write the `which` backbone of a training checkpoint as a plain backbone checkpoint (official keys)."
     from dinov3nb.checkpoints import save
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ck = read_checkpoint(checkpoint)
     cfg = config_from_dict(json.loads(ck["config"]))
     model = DinoVisionTransformer(cfg.student)
     model.load_state_dict({k[len("backbone."):]: v for k, v in ck[which].items() if k.startswith("backbone.")})

@@ -131,8 +131,9 @@ def max_rel(a:dict, b:dict) -> float:
 
 
 def final(out) -> dict:
-    from dinov3nb.train import checkpoints
-    return torch.load(checkpoints(out)[-1], map_location="cpu", weights_only=True)
+    "The full state of the newest checkpoint (a `.pt` file, or the folder of a sharded FSDP2 checkpoint gathered)."
+    from dinov3nb.train import checkpoints, read_checkpoint
+    return read_checkpoint(checkpoints(out)[-1])
 
 
 ITERS = 10
@@ -174,16 +175,21 @@ def test_two_ranks_same_trajectory_and_weights(one_process, two_ranks):
     assert got[0] != got[-1]  # it trained
 
 
-def test_two_ranks_killed_then_resumed_match(two_ranks, tmp_path):
-    out = tmp_path / "run"
-    args = (f"run.iterations={ITERS}", "data.batch_size=4", "run.checkpoint_period=5", *WELL_POSED)
+def kill_and_resume(out:Path, args:tuple, killed_at:str, end:str):
+    "Start a 2-rank run, SIGKILL it once `out/killed_at` exists (before `out/end` does), then resume it to the end."
     p = torchrun(out, *args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (out / "checkpoint_0000005.pt").exists():
+    while not (out / killed_at).exists():
         assert p.poll() is None, "the run ended before it could be killed"
         time.sleep(0.005)
     os.killpg(p.pid, signal.SIGKILL); p.wait()  # the launcher and both ranks
-    assert not (out / f"checkpoint_{ITERS:07d}.pt").exists(), "the run finished before SIGKILL"
+    assert not (out / end).exists(), "the run finished before SIGKILL"
     assert torchrun(out, *args, resume=True).wait(timeout=300) == 0
+
+
+def test_two_ranks_killed_then_resumed_match(two_ranks, tmp_path):
+    out = tmp_path / "run"
+    args = (f"run.iterations={ITERS}", "data.batch_size=4", "run.checkpoint_period=5", *WELL_POSED)
+    kill_and_resume(out, args, "checkpoint_0000005.pt", f"checkpoint_{ITERS:07d}.pt")
     a, b = final(out), final(two_ranks)
     for part in ("student", "teacher"):
         assert max((a[part][k] - b[part][k]).abs().max().item() for k in b[part]) <= 1e-6
@@ -208,14 +214,23 @@ def test_submit_local_two_tasks_checkpoint_loads(tmp_path, capsys):
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 64)
 
 
-# ---- FSDP2 on 2 gloo ranks against the replicated (DDP-style) run ---------------------------------------------------
+# ---- FSDP2 on 2 gloo ranks against the replicated (DDP-style) run; sharded checkpoints -----------------------------
 
-def test_fsdp2_matches_replicated_run_and_resumes(two_ranks, tmp_path):
+FSDP = (f"run.iterations={ITERS}", "data.batch_size=4", "run.checkpoint_period=5", "run.strategy=fsdp", *WELL_POSED)
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
     fsdp = pytest.importorskip("torch.distributed.fsdp")
     if not hasattr(fsdp, "fully_shard"): pytest.skip(f"torch {torch.__version__} has no FSDP2 `fully_shard`")
-    out = tmp_path / "run"
-    args = (f"run.iterations={ITERS}", "data.batch_size=4", "run.checkpoint_period=5", "run.strategy=fsdp", *WELL_POSED)
-    assert torchrun(out, *args).wait(timeout=300) == 0
+    pytest.importorskip("torch.distributed.checkpoint.format_utils", reason=f"torch {torch.__version__} has no DCP format_utils")
+    out = tmp_path_factory.mktemp("fsdp") / "run"
+    assert torchrun(out, *FSDP).wait(timeout=300) == 0
+    return out
+
+
+def test_fsdp2_matches_replicated_run(fsdp_run, two_ranks):
+    out = fsdp_run
     # Same arithmetic, other summation order: FSDP2 reduce-scatters gradient shards and sums clip norms over shards
     # (fp32, ~1e-7 relative per step, measured 7e-8 on the loss); Adam and 10 steps grow it to ~1e-5 on weights
     # (measured 4e-6). The tolerances leave about 10x headroom and are 100x below the effect of one changed image.
@@ -225,12 +240,35 @@ def test_fsdp2_matches_replicated_run_and_resumes(two_ranks, tmp_path):
     w = max(max_rel(a[p], b[p]) for p in ("student", "teacher"))
     print(f"FSDP2 vs replicated: loss {rel:.2e}, weights {w:.2e}")
     assert len(got) == ITERS and rel <= 1e-5 and w <= 1e-4
-    # resume from the full state dict written at step 5 (FSDP2 shards it again on load)
-    (out / f"checkpoint_{ITERS:07d}.pt").rename(tmp_path / "whole.pt")
-    assert torchrun(out, *args, resume=True).wait(timeout=300) == 0
-    c = final(out)
-    for p in ("student", "teacher"):
-        assert max((c[p][k] - a[p][k]).abs().max().item() for k in a[p]) <= 1e-6
+    # one sharded folder per checkpoint: both ranks' shards, their random states, no temporary folder left
+    from dinov3nb.train import checkpoints
+    assert [p.name for p in checkpoints(out)] == ["checkpoint_0000005", f"checkpoint_{ITERS:07d}"]
+    assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "rng_rank0.pt", "rng_rank1.pt", "trainer_state.pt"} <= {
+        p.name for p in checkpoints(out)[-1].iterdir()}
+    assert not list(out.glob(".checkpoint_*"))
+    assert a["iteration"] == ITERS and a["world_size"] == W
+
+
+def test_fsdp2_killed_then_resumed_match(fsdp_run, tmp_path):
+    from dinov3nb.train import checkpoints, consolidate_checkpoint, export_backbone
+    import dinov3nb
+    out = tmp_path / "run"
+    args = (*FSDP, "run.max_to_keep=1")
+    kill_and_resume(out, args, "checkpoint_0000005", f"checkpoint_{ITERS:07d}")  # sharded folders
+    assert [c.name for c in checkpoints(out)] == [f"checkpoint_{ITERS:07d}"]  # max_to_keep=1 pruned the folder of step 5
+    a, b = final(out), final(fsdp_run)
+    for part in ("student", "teacher"):
+        assert max((a[part][k] - b[part][k]).abs().max().item() for k in b[part]) <= 1e-6
+    assert [json.loads(l)["iteration"] for l in (out / "metrics.jsonl").read_text().splitlines()] == list(range(ITERS))
+    assert losses(out) == pytest.approx(losses(fsdp_run), rel=1e-6)
+    # the consolidated checkpoint is an ordinary full checkpoint: dinov3nb.load reads it, export_backbone too
+    full = consolidate_checkpoint(checkpoints(out)[-1], tmp_path / "full.pt")
+    ck = torch.load(full, map_location="cpu", weights_only=True)
+    assert ck["iteration"] == ITERS and ck["optimizer"]["state"] and set(ck["optimizer"]["state"]) <= set(ck["student"])
+    model = dinov3nb.load(full)
+    assert all(torch.equal(v, b["teacher"]["backbone." + k]) for k, v in model.state_dict().items())
+    exported = dinov3nb.load(export_backbone(checkpoints(out)[-1], tmp_path / "backbone.safetensors"))
+    assert exported(torch.zeros(1, 3, 32, 32)).shape == (1, 64)
 
 
 @pytest.mark.slow
