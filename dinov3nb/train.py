@@ -719,6 +719,7 @@ def train_main(argv:list[str]|None=None) -> int:
         MultiTrainer(cfg, resume=args.resume).fit()
     else: Trainer(cfg, resume=args.resume).fit()
     outs = [Path(cfg.run.output_dir) / s.name for s in cfg.distill.students or []] or [Path(cfg.run.output_dir)]
+    if torch.distributed.is_initialized(): torch.distributed.barrier()  # every student's last checkpoint is written
     if rank() == 0:
         for out in outs: print(f"checkpoints in {out}: {', '.join(p.name for p in checkpoints(out))}")
     if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
