@@ -42,8 +42,8 @@ def is_distributed() -> bool:
     "True inside an initialised `torch.distributed` process group."
     return dist.is_available() and dist.is_initialized()
 
-def rank() -> int: return dist.get_rank() if is_distributed() else 0
-def world_size() -> int: return dist.get_world_size() if is_distributed() else 1
+def rank(group=None) -> int: return dist.get_rank(group) if is_distributed() else 0
+def world_size(group=None) -> int: return dist.get_world_size(group) if is_distributed() else 1
 
 def init_distributed(
     device:str="cpu", # "cpu" or "cuda"; a GPU run takes GPU `LOCAL_RANK`
@@ -62,25 +62,25 @@ def init_distributed(
     return device
 
 # %% ../nbs/16_distributed.ipynb #37593e59
-def mean_over_ranks(values:dict[str, float]) -> dict[str, float]:
-    "Average a dict of numbers over all ranks (one `all_reduce`); identity in one process."
+def mean_over_ranks(values:dict[str, float], group=None) -> dict[str, float]:
+    "Average a dict of numbers over the ranks of `group` (None: all; one `all_reduce`); identity in one process."
     if not is_distributed() or not values: return dict(values)
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
     if dist.get_backend() == "nccl": t = t.cuda()
-    dist.all_reduce(t)
-    return {k: v for k, v in zip(keys, (t / dist.get_world_size()).tolist())}
+    dist.all_reduce(t, group=group)
+    return {k: v for k, v in zip(keys, (t / dist.get_world_size(group)).tolist())}
 
 # %% ../nbs/16_distributed.ipynb #21fcb72c
 @torch.no_grad()
-def average_gradients(module:nn.Module):
-    "Replace each gradient of `module` by its mean over ranks (one `all_reduce` of a flat buffer)."
+def average_gradients(module:nn.Module, group=None):
+    "Replace each gradient of `module` by its mean over the ranks of `group` (None: all; one `all_reduce` of a flat buffer)."
     if not is_distributed(): return
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     if not grads: return
     flat = torch.cat([g.reshape(-1) for g in grads])  # [P]
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
+    dist.all_reduce(flat, group=group)
+    flat /= dist.get_world_size(group)
     offset = 0
     for g in grads: g.copy_(flat[offset:offset + g.numel()].view_as(g)); offset += g.numel()
 

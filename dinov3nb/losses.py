@@ -60,13 +60,13 @@ class DINOHead(nn.Module):
         return x if no_last_layer else self.last_layer(x)  # [..., K]
 
 # %% ../nbs/12_losses.ipynb #bd55524d
-def _all_reduce_sum(x:Tensor) -> Tensor:
-    "Sum `x` over all ranks in place when `torch.distributed` is initialised; return it."
-    if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.all_reduce(x)
+def _all_reduce_sum(x:Tensor, group=None) -> Tensor:
+    "Sum `x` over the ranks of `group` (None: all) in place when `torch.distributed` is initialised; return it."
+    if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.all_reduce(x, group=group)
     return x
 
-def _world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized(): return torch.distributed.get_world_size()
+def _world_size(group=None) -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized(): return torch.distributed.get_world_size(group)
     return 1
 
 @torch.no_grad()
@@ -75,16 +75,17 @@ def sinkhorn_knopp(
     teacher_temp:float, # tau_t
     n_iterations:int=3,
     n_samples:int|Tensor|None=None, # global sample count (a tensor is all-reduced); default B x world size
+    group=None, # the ranks whose samples form the batch (None: all; a student's ranks in multi-student distillation)
 ) -> Tensor:
     "Turn teacher scores into equipartitioned soft assignments `[B, K]` (rows sum to 1)."
     Q = torch.exp(teacher_logits.float() / teacher_temp).T  # [K, B]
     K = Q.shape[0]
-    if n_samples is None: n = Q.shape[1] * _world_size()
-    elif isinstance(n_samples, Tensor): n = _all_reduce_sum(n_samples.clone().to(Q.device))
+    if n_samples is None: n = Q.shape[1] * _world_size(group)
+    elif isinstance(n_samples, Tensor): n = _all_reduce_sum(n_samples.clone().to(Q.device), group)
     else: n = n_samples
-    Q /= _all_reduce_sum(Q.sum())
+    Q /= _all_reduce_sum(Q.sum(), group)
     for _ in range(n_iterations):
-        Q /= _all_reduce_sum(Q.sum(dim=1, keepdim=True))  # rows: prototypes
+        Q /= _all_reduce_sum(Q.sum(dim=1, keepdim=True), group)  # rows: prototypes
         Q /= K
         Q /= Q.sum(dim=0, keepdim=True)  # columns: samples
         Q /= n

@@ -7,6 +7,7 @@ Docs: https://dinov3nb.github.io/dinov3nb/train.html.md"""
 # %% ../nbs/10_train.ipynb #1979a7ed
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -33,12 +34,13 @@ from .distributed import rank, world_size, init_distributed, average_gradients, 
 from .vit import DinoVisionTransformer, ViTConfig
 
 # %% auto #0
-__all__ = ['PRESETS', 'HeadConfig', 'DataConfig', 'Resolution', 'InitConfig', 'DistillConfig', 'RunConfig', 'TrainConfig',
-           'ConfigError', 'config_from_dict', 'config_to_dict', 'merge_dicts', 'validate', 'preset_pretrain',
-           'preset_gram', 'preset_highres', 'preset_distill', 'preset_tiny_pretrain', 'preset_tiny_gram',
-           'preset_tiny_highres', 'preset_tiny_distill', 'StepBatches', 'SeededCrops', 'SeededCollate', 'make_dataset',
-           'make_loader', 'Models', 'build_models', 'rng_state', 'set_rng_state', 'save_atomic', 'checkpoints',
-           'Trainer', 'read_checkpoint', 'consolidate_checkpoint', 'export_backbone', 'load_config', 'train_main']
+__all__ = ['PRESETS', 'HeadConfig', 'DataConfig', 'Resolution', 'InitConfig', 'StudentSpec', 'DistillConfig', 'RunConfig',
+           'TrainConfig', 'ConfigError', 'config_from_dict', 'config_to_dict', 'merge_dicts', 'student_config',
+           'validate', 'preset_pretrain', 'preset_gram', 'preset_highres', 'preset_distill', 'preset_tiny_pretrain',
+           'preset_tiny_gram', 'preset_tiny_highres', 'preset_tiny_distill', 'preset_multidistill',
+           'preset_tiny_multidistill', 'StepBatches', 'SeededCrops', 'SeededCollate', 'make_dataset', 'make_loader',
+           'Models', 'build_models', 'rng_state', 'set_rng_state', 'save_atomic', 'checkpoints', 'Trainer',
+           'read_checkpoint', 'consolidate_checkpoint', 'export_backbone', 'load_config', 'train_main']
 
 # %% ../nbs/10_train.ipynb #81a969b0
 @dataclass
@@ -77,10 +79,18 @@ class InitConfig:
     head_warmup_iters:int=0 # first iterations train only the heads, with the backbone frozen
 
 @dataclass
+class StudentSpec:
+    "One student of a multi-student distillation: its name and what it changes in the run's `student` and `optim`."
+    name:str # output subfolder `run.output_dir/<name>/`
+    student:dict=field(default_factory=dict) # `student` keys that differ from the run's, e.g. {embed_dim: 384, depth: 12, num_heads: 6}
+    optim:dict=field(default_factory=dict) # `optim` keys that differ from the run's, e.g. {lr: 5e-4} (not the run's length)
+
+@dataclass
 class DistillConfig:
     "Distillation: the student learns from a frozen teacher instead of its own EMA."
     enabled:bool=False
     teacher:str|None=None # training checkpoint (this trainer's) holding the teacher's backbone and heads
+    students:list[StudentSpec]|None=None # several students at once from one teacher (`dinov3nb.multidistill`); None: `student`
 
 @dataclass
 class RunConfig:
@@ -143,6 +153,9 @@ def _check(value, tp, path:str):
             if len(value) != len(args): raise ConfigError(f"{path}={value!r} needs {len(args)} values")
             return tuple(_check(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         return origin(_check(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+    if tp is dict or origin is dict:  # free-form overrides, checked where they are applied (`student_config`)
+        if isinstance(value, dict): return dict(value)
+        raise ConfigError(f"{path}={value!r} must be a mapping of keys to values")
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool): return float(value)
     if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)): return value
     raise ConfigError(f"{path}={value!r} has the wrong type: expected {getattr(tp, '__name__', tp)}")
@@ -177,6 +190,33 @@ def _crop_sizes(cfg:TrainConfig) -> list[tuple[str, int|None]]:
         sizes += [(f"resolutions[{i}].{k}", getattr(r, k)) for k in ("global_crops_size", "local_crops_size", "gram_teacher_crops_size")]
     return sizes
 
+def student_config(cfg:TrainConfig, i:int) -> TrainConfig:
+    "The one-student distillation config of student `i` of `cfg.distill.students`, writing to `run.output_dir/<name>/`."
+    spec, key = cfg.distill.students[i], f"distill.students[{i}]"
+    fixed = sorted(set(spec.optim) & {"epochs", "epoch_length"})
+    if fixed: raise ConfigError(f"{key}.optim.{fixed[0]}: all students train for the run's length; set optim.{fixed[0]} instead")
+    out = copy.deepcopy(cfg)
+    out.student = config_from_dict(merge_dicts(config_to_dict(cfg.student), spec.student), ViTConfig, f"{key}.student.")
+    out.optim = config_from_dict(merge_dicts(config_to_dict(cfg.optim), spec.optim), OptimConfig, f"{key}.optim.")
+    temps = [o.schedules.teacher_temp if o.schedules else None for o in (cfg.optim, out.optim)]
+    if temps[0] != temps[1]: raise ConfigError(f"{key}.optim.schedules.teacher_temp: the students share the teacher's targets, "
+                                               "so they share its temperature; set optim.schedules.teacher_temp instead")
+    out.distill.students, out.run.output_dir = None, str(Path(cfg.run.output_dir) / spec.name)
+    return out
+
+def _validate_students(cfg:TrainConfig):
+    names = [s.name for s in cfg.distill.students]
+    if not names: raise ConfigError("distill.students is empty: list the students, or set it to null to train `student` alone")
+    if not cfg.distill.enabled: raise ConfigError("distill.students needs distill.enabled=true and distill.teacher")
+    for i, n in enumerate(names):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", n):
+            raise ConfigError(f"distill.students[{i}].name={n!r} must be a folder name (letters, digits, '_', '.', '-')")
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup: raise ConfigError(f"distill.students: two students are named {dup!r}; each writes to its own subfolder")
+    for i, n in enumerate(names):
+        try: validate(student_config(cfg, i))
+        except ConfigError as e: raise ConfigError(f"distill.students[{i}] ({n}): {e}") from None
+
 def validate(cfg:TrainConfig) -> TrainConfig:
     "Raise `ConfigError` naming the key when sections of `cfg` contradict each other."
     p = cfg.student.patch_size
@@ -206,6 +246,7 @@ def validate(cfg:TrainConfig) -> TrainConfig:
     if cfg.run.tensorboard and find_spec("tensorboard") is None:
         raise ConfigError("run.tensorboard=true needs the tensorboard package: pip install tensorboard "
                           "(or pip install 'dinov3nb[train]'), or set run.tensorboard=false")
+    if cfg.distill.students is not None: _validate_students(cfg)
     return cfg
 
 # %% ../nbs/10_train.ipynb #458e54f3
@@ -294,6 +335,19 @@ def preset_tiny_distill() -> TrainConfig:
     "CPU distillation: a width-32 student learns from a tiny teacher checkpoint (set `distill.teacher`)."
     cfg = _tiny(student=ViTConfig.tiny(patch_size=8, img_size=32, embed_dim=32))
     cfg.distill.enabled = True
+    return cfg
+
+def preset_multidistill() -> TrainConfig:
+    "Multi-student distillation (§5.2): ViT-S/16, ViT-B/16 and ViT-L/16 learn at once from one frozen teacher (set `distill.teacher`)."
+    cfg = preset_distill()
+    cfg.distill.students = [StudentSpec("vits16", dict(embed_dim=384, depth=12, num_heads=6)),
+                            StudentSpec("vitb16", dict(embed_dim=768, depth=12, num_heads=12)), StudentSpec("vitl16")]
+    return cfg
+
+def preset_tiny_multidistill() -> TrainConfig:
+    "CPU multi-student distillation: width-32 and width-64 students learn from one tiny teacher checkpoint (set `distill.teacher`)."
+    cfg = preset_tiny_distill()
+    cfg.distill.students = [StudentSpec("narrow"), StudentSpec("wide", dict(embed_dim=64))]
     return cfg
 
 PRESETS = {n[len("preset_"):]: f for n, f in list(globals().items()) if n.startswith("preset_")}
@@ -398,11 +452,14 @@ def _load_distill_teacher(path:str) -> nn.ModuleDict:
         raise ConfigError(f"distill.teacher={path!r} is not a training checkpoint of dinov3nb.train (no config/teacher)")
     tcfg = config_from_dict(json.loads(ck["config"]))
     D = tcfg.student.embed_dim
-    t = ssl_model(DinoVisionTransformer(tcfg.student), tcfg.dino.build(D), tcfg.ibot.build(D))
+    with torch.random.fork_rng(devices=[]):  # draws nothing from the run's random stream: loaded or shared, same run
+        t = ssl_model(DinoVisionTransformer(tcfg.student), tcfg.dino.build(D), tcfg.ibot.build(D))
     t.load_state_dict(ck["teacher"])
     return _frozen(t)
 
-def build_models(cfg:TrainConfig) -> Models:
+def build_models(cfg:TrainConfig,
+                 teacher:nn.ModuleDict|None=None, # a loaded distillation teacher to share; None: load `distill.teacher`
+                ) -> Models:
     "Build student, EMA teacher and the optional Gram and distillation teachers on `cfg.run.device`."
     if cfg.init.backbone:
         from dinov3nb.checkpoints import load
@@ -417,9 +474,9 @@ def build_models(cfg:TrainConfig) -> Models:
     student = ssl_model(backbone, cfg.dino.build(D), cfg.ibot.build(D))
     ema = _frozen(ssl_model(DinoVisionTransformer(cfg.student), cfg.dino.build(D), cfg.ibot.build(D)))
     ema.load_state_dict(student.state_dict())
-    teacher = ema
+    if not cfg.distill.enabled: teacher = ema
+    elif teacher is None: teacher = _load_distill_teacher(cfg.distill.teacher)
     if cfg.distill.enabled:
-        teacher = _load_distill_teacher(cfg.distill.teacher)
         for h in ("dino", "ibot"):
             K_t, K_s = teacher[f"{h}_head"].last_layer.out_features, getattr(cfg, h).head_n_prototypes
             if K_t != K_s: raise ConfigError(f"{h}.head_n_prototypes={K_s} differs from the distillation teacher's {K_t}")
@@ -469,13 +526,16 @@ def checkpoints(output_dir:str|Path) -> list[Path]:
 # %% ../nbs/10_train.ipynb #9771c829
 class Trainer:
     "One training run: models, optimizer, schedules and data, from iteration `start` to `cfg.iterations`."
-    def __init__(self, cfg:TrainConfig, resume:bool=False):
+    def __init__(self, cfg:TrainConfig, resume:bool=False,
+                 teacher:nn.ModuleDict|None=None, # a loaded distillation teacher to share (several students); None: load it
+                 group=None): # the process group of this run's ranks (None: all; one student's ranks in `multidistill`)
         self.cfg = validate(cfg)
         self.out = Path(cfg.run.output_dir)
         random.seed(cfg.run.seed); np.random.seed(cfg.run.seed); torch.manual_seed(cfg.run.seed)
         self.dataset = make_dataset(cfg.data, cfg.run.seed)
-        self.models = build_models(cfg)
-        self.rank, self.world = rank(), world_size()  # (0, 1) outside a process group
+        self.models = build_models(cfg, teacher)
+        self.group, self.loss_cfg = group, cfg.loss
+        self.rank, self.world = rank(group), world_size(group)  # (0, 1) outside a process group
         self.fsdp = self.world > 1 and cfg.run.strategy == "fsdp"
         if self.fsdp:  # shard student and EMA alike, so the EMA update runs on matching local shards
             for m in (self.models.student, self.models.ema): fully_shard_ssl_model(m)
@@ -503,7 +563,7 @@ def _save(self:Trainer, it:int) -> Path:
         if self.rank == 0: save_atomic(self._state(it), path)
     if self.rank == 0:
         for old in checkpoints(self.out)[:-self.cfg.run.max_to_keep]: shutil.rmtree(old) if old.is_dir() else old.unlink()
-    if self.world > 1: torch.distributed.barrier()
+    if self.world > 1: torch.distributed.barrier(group=self.group)
     return path
 
 def _load(self:Trainer, path:str|Path):
@@ -534,17 +594,19 @@ def _load(self:Trainer, path:str|Path):
 Trainer._state, Trainer.save, Trainer.load = _state, _save, _load
 
 # %% ../nbs/10_train.ipynb #f31b6ae5
-def _step(self:Trainer, it:int, batch:dict) -> dict:
+def _step(self:Trainer, it:int, batch:dict,
+          targets:dict|None=None, # the distillation teacher's targets for `batch`, computed once for several students
+         ) -> dict:
     "Run training iteration `it` on `batch`; return its metrics."
     cfg, m, s = self.cfg, self.models, self.schedules.at(it)
     apply_optim_schedule(self.optimizer, s["lr"], s["weight_decay"], s["last_layer_lr"])
     m.student["backbone"].requires_grad_(it >= cfg.init.head_warmup_iters)
     if m.gram is not None and it == cfg.gram.it_load_ema_teacher: refresh_gram_teacher(m.gram, m.ema["backbone"])
     self.optimizer.zero_grad(set_to_none=True)
-    loss_cfg = dataclasses.replace(cfg.loss, **{k: s[k] for k in self.schedules.loss_weights})  # this iteration's weights
-    out = _forward_backward(m, batch, s["teacher_temp"], loss_cfg, student_masks=not cfg.distill.enabled)
-    if not self.fsdp: average_gradients(m.student)  # several replicas: the gradient of the global batch (FSDP2 reduces its own)
-    out = mean_over_ranks({k: float(v) for k, v in out.items()})  # the global batch's loss terms
+    loss_cfg = dataclasses.replace(self.loss_cfg, **{k: s[k] for k in self.schedules.loss_weights})  # this iteration's weights
+    out = _forward_backward(m, batch, s["teacher_temp"], loss_cfg, student_masks=not cfg.distill.enabled, targets=targets)
+    if not self.fsdp: average_gradients(m.student, self.group)  # replicas: the gradient of the global batch (FSDP2 reduces its own)
+    out = mean_over_ranks({k: float(v) for k, v in out.items()}, self.group)  # the global batch's loss terms
     metrics = {"iteration": it, **s, **out}
     if cfg.optim.clip_grad: metrics |= clip_grad_per_module(m.student, cfg.optim.clip_grad)
     if self.guard.check(out["total_loss"], it):
@@ -556,14 +618,15 @@ def _step(self:Trainer, it:int, batch:dict) -> dict:
         refresh_gram_teacher(m.gram, m.ema["backbone"]); self.n_gram_updates += 1
     return metrics
 
-def _forward_backward(m:Models, batch:dict, teacher_temp:float, loss_cfg:SSLLossConfig, student_masks:bool=True) -> dict:
-    "`ssl_forward_backward`; with `student_masks=False` (distillation) the student sees its crops unmasked."
+def _forward_backward(m:Models, batch:dict, teacher_temp:float, loss_cfg:SSLLossConfig, student_masks:bool=True,
+                      targets:dict|None=None) -> dict:
+    "`ssl_forward_backward`; with `student_masks=False` (distillation) the student sees its crops unmasked (`targets`: given)."
     if student_masks: return ssl_forward_backward(m.student, m.teacher, batch, teacher_temp, loss_cfg, m.gram)
     from dinov3nb.ssl_step import teacher_targets, student_outputs, gram_targets, ssl_losses
     dev = next(m.student.parameters()).device
     b = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in batch.items()}
-    t = teacher_targets(m.teacher, b["collated_global_crops"], b["mask_indices_list"], b["n_masked_patches"], teacher_temp,
-                        2, loss_cfg.sinkhorn_iterations)
+    t = targets if targets is not None else teacher_targets(
+        m.teacher, b["collated_global_crops"], b["mask_indices_list"], b["n_masked_patches"], teacher_temp, 2, loss_cfg.sinkhorn_iterations)
     s = student_outputs(m.student, b["collated_global_crops"], b["collated_local_crops"], None, b["mask_indices_list"])
     gram = None
     if m.gram is not None:
@@ -579,37 +642,47 @@ def _tensorboard(out:Path, start:int):
     from torch.utils.tensorboard import SummaryWriter
     return SummaryWriter(str(out / "tensorboard"), purge_step=start or None)
 
+def _open_log(self:Trainer):
+    "Write `config.json` and open `metrics.jsonl` to append, without the lines of iterations to redo (other ranks: a null file)."
+    self.out.mkdir(parents=True, exist_ok=True)
+    if self.rank != 0: return open(os.devnull, "a")  # one process writes the config and the log
+    (self.out / "config.json").write_text(json.dumps(config_to_dict(self.cfg), indent=1))
+    log = self.out / "metrics.jsonl"
+    if log.exists():  # drop lines of iterations that will be redone (after a crash)
+        keep = [l for l in log.read_text().splitlines() if l and json.loads(l)["iteration"] < self.start]
+        log.write_text("".join(l + "\n" for l in keep))
+    self._tb = _tensorboard(self.out, self.start) if self.cfg.run.tensorboard else None
+    return log.open("a")
+
+def _record(self:Trainer, log, metrics:dict):
+    "Append an iteration's `metrics` to the open `log`; save a checkpoint when one is due."
+    it = metrics["iteration"]
+    log.write(json.dumps(metrics) + "\n"); log.flush()
+    tb = getattr(self, "_tb", None)  # rank 0 with run.tensorboard
+    for k, v in metrics.items():
+        if tb is not None and k != "iteration": tb.add_scalar(k, float(v), it)
+    if (it + 1) % self.cfg.run.checkpoint_period == 0 or it + 1 == self.cfg.iterations:
+        if tb is not None: tb.flush()
+        self.save(it + 1)
+
 def _fit(self:Trainer) -> list[dict]:
     "Train from `self.start` to `cfg.iterations`; return the metrics of the iterations run."
     from tqdm.auto import tqdm
     cfg, m = self.cfg, self.models
-    self.out.mkdir(parents=True, exist_ok=True)
-    main = self.rank == 0  # one process writes the config and the log
-    if main: (self.out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
-    log = self.out / "metrics.jsonl" if main else Path(os.devnull)
-    if main and log.exists():  # drop lines of iterations that will be redone (after a crash)
-        keep = [l for l in log.read_text().splitlines() if l and json.loads(l)["iteration"] < self.start]
-        log.write_text("".join(l + "\n" for l in keep))
-    tb = _tensorboard(self.out, self.start) if main and cfg.run.tensorboard else None
     m.student.train(); m.ema.eval(); m.teacher.eval()
     history = []
-    bar = tqdm(total=cfg.iterations, initial=self.start, disable=not (cfg.run.progress and main), desc="train")
-    with log.open("a") as f:
+    bar = tqdm(total=cfg.iterations, initial=self.start, disable=not (cfg.run.progress and self.rank == 0), desc="train")
+    with self._open_log() as log:
         for it, batch in enumerate(make_loader(cfg, self.dataset, self.start, self.rank, self.world), start=self.start):
             metrics = self.step(it, batch)
             history.append(metrics)
-            f.write(json.dumps(metrics) + "\n"); f.flush()
-            for k, v in metrics.items():
-                if tb is not None and k != "iteration": tb.add_scalar(k, float(v), it)
+            self._record(log, metrics)
             bar.update(1); bar.set_postfix(loss=f"{metrics['total_loss']:.3f}")
-            if (it + 1) % cfg.run.checkpoint_period == 0 or it + 1 == cfg.iterations:
-                if tb is not None: tb.flush()
-                self.save(it + 1)
     bar.close()
-    if tb is not None: tb.close()
+    if getattr(self, "_tb", None) is not None: self._tb.close()
     return history
 
-Trainer.step, Trainer.fit = _step, _fit
+Trainer.step, Trainer.fit, Trainer._open_log, Trainer._record = _step, _fit, _open_log, _record
 
 # %% ../nbs/10_train.ipynb #21a50d18
 def _sharded_state(self:Trainer) -> tuple[dict, dict]:
@@ -725,8 +798,13 @@ def train_main(argv:list[str]|None=None) -> int:
     try: cfg = load_config(args.config, args.overrides)
     except ConfigError as e: print(f"error: {e}", file=sys.stderr); return 2
     cfg.run.device = init_distributed(cfg.run.device)  # joins the process group under torchrun / SLURM
-    trainer = Trainer(cfg, resume=args.resume)
-    trainer.fit()
-    if trainer.rank == 0: print(f"checkpoints in {cfg.run.output_dir}: {', '.join(p.name for p in checkpoints(cfg.run.output_dir))}")
+    if cfg.distill.students:  # several students from one teacher, each on its own ranks
+        from dinov3nb.multidistill import MultiTrainer
+        MultiTrainer(cfg, resume=args.resume).fit()
+    else: Trainer(cfg, resume=args.resume).fit()
+    outs = [Path(cfg.run.output_dir) / s.name for s in cfg.distill.students or []] or [Path(cfg.run.output_dir)]
+    if torch.distributed.is_initialized(): torch.distributed.barrier()  # every student's last checkpoint is written
+    if rank() == 0:
+        for out in outs: print(f"checkpoints in {out}: {', '.join(p.name for p in checkpoints(out))}")
     if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
     return 0
