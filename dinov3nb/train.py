@@ -255,14 +255,15 @@ def _vitl() -> ViTConfig:
                      n_storage_tokens=4, mask_k_bias=True, pos_embed_rope_rescale_coords=2.0, drop_path_rate=0.3)
 
 def _tiny(**kw) -> TrainConfig:
-    "The CPU base: tiny ViT, tiny heads, 32/16 px crops of 64 px ShapesWorld, 30 iterations, constant teacher temperature."
+    "The CPU base: tiny ViT, 256-prototype heads, 32/16 px crops of 64 px ShapesWorld, 30 iterations, sharp teacher (0.02)."
     cfg = TrainConfig(
         student=ViTConfig.tiny(patch_size=8, img_size=32),
-        dino=HeadConfig(64, 16, 3, 32), ibot=HeadConfig(64, 16, 3, 32),
+        dino=HeadConfig(256, 256, 3, 256), ibot=HeadConfig(256, 256, 3, 256),
         crops=CropConfig(global_crops_size=32, local_crops_size=16, local_crops_number=2, patch_size=8),
-        optim=OptimConfig(epochs=3, epoch_length=10, lr=2e-3, warmup_epochs=1, freeze_last_layer_epochs=1,
+        optim=OptimConfig(epochs=3, epoch_length=10, lr=2e-3, warmup_epochs=1, freeze_last_layer_epochs=1, weight_decay_end=0.04,
                           scaling_rule="none", layerwise_decay=0.9, clip_grad=3.0),
-        teacher=TeacherConfig(momentum_teacher=0.9, warmup_teacher_temp=0.07, warmup_teacher_temp_epochs=0),
+        teacher=TeacherConfig(momentum_teacher=0.95, final_momentum_teacher=0.99, warmup_teacher_temp=0.02, teacher_temp=0.02,
+                              warmup_teacher_temp_epochs=0),
         data=DataConfig(n_images=32, image_size=64, batch_size=8),
         run=RunConfig(output_dir="runs/tiny", checkpoint_period=10, progress=False))
     for k, v in kw.items(): setattr(cfg, k, v)

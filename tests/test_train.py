@@ -1,6 +1,7 @@
 """End-to-end training on CPU: every tiny preset runs, lowers its loss and writes checkpoints that load;
 continued pretraining from a saved backbone; exact resume in-process and after SIGKILL; bad configs."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from dinov3nb.checkpoints import load, save
+from dinov3nb.eval_cli import eval_main
 from dinov3nb.train import (PRESETS, ConfigError, Trainer, checkpoints, export_backbone, load_config, train_main)
 from dinov3nb.vit import DinoVisionTransformer
 
@@ -196,3 +198,25 @@ def test_tensorboard_missing_fails_before_training(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"run.tensorboard=true needs the tensorboard package: pip install tensorboard"):
         load_config("tiny_pretrain", ["run.tensorboard=true", f"run.output_dir={tmp_path}"])
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_tiny_pretrain_learns_features_that_beat_random_init(tmp_path):
+    """A few minutes of `tiny_pretrain` on ShapesWorld: the DINO and iBOT losses leave their uniform values, and
+    k-NN on the teacher's CLS features of held-out images beats the same architecture at random initialisation."""
+    hist = run("tiny_pretrain", tmp_path / "run", **{"optim.epochs": 60, "data.batch_size": 16, "data.n_images": 512,
+                                                      "run.checkpoint_period": 600})
+    first, last = ({k: np.mean([h[k] for h in part]) for k in ("dino_global_crops_loss", "ibot_loss")} for part in (hist[:50], hist[-50:]))
+    print("first 50 iterations:", first, "last 50:", last)
+    assert last["dino_global_crops_loss"] < math.log(256) - 0.1, last  # the teacher's targets are no longer uniform
+    assert last["ibot_loss"] < first["ibot_loss"] - 0.1, (first, last)
+    weights = {"trained": export_backbone(checkpoints(tmp_path / "run")[-1], tmp_path / "trained.safetensors")}
+    torch.manual_seed(0)
+    weights["random"] = save(DinoVisionTransformer(load(weights["trained"]).cfg).eval(), tmp_path / "random.safetensors")
+    top1 = {}
+    for name, w in weights.items():
+        assert eval_main(["knn", "--weights", str(w), "--data", "shapesworld", "--size", "32", "--n-train", "2000",
+                          "--n-test", "2000", "--ks", "20", "--out", str(tmp_path / name), "--quiet"]) == 0
+        top1[name] = json.loads((tmp_path / name / "results.json").read_text())[-1]["metrics"]["top1@20"]
+    print(f"k-NN top-1 (k=20, 2000 held-out images, chance 16.7 %): trained {top1['trained']:.1f} %, random init {top1['random']:.1f} %")
+    assert top1["trained"] >= top1["random"] + 2.0, top1  # 2 points = 2.2 standard errors of the difference
