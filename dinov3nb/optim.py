@@ -123,7 +123,7 @@ class OptimConfig:
     adamw_beta2:float=0.999
     decay_tokens:bool=True # weight decay on CLS/register/mask tokens, as the official code does
     schedules:ScheduleSpecs|None=None # v2 schedules; None: v1 from the keys above
-    loss_weights:LossWeightSchedules|None=None # scheduled loss weights; None: the constant weights of `SSLLossConfig`
+    loss_weights:"LossWeightSchedules|None"=None # scheduled loss weights; None: the constant weights of `SSLLossConfig`
 
     @property
     def total_iters(self) -> int: return self.epochs * self.epoch_length
