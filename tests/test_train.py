@@ -122,7 +122,6 @@ def _child(out: Path, *extra: str) -> list[str]:
             "run.checkpoint_period=5", "run.max_to_keep=20", *extra]
 
 
-@pytest.mark.slow
 def test_resume_after_sigkill(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(_child(tmp_path / "whole"), check=True, env=env, capture_output=True)
