@@ -76,13 +76,16 @@ def _unwrap(obj:object, which:str="teacher") -> dict[str, Tensor]:
     return sd
 
 def read_state_dict(
-    path:str|Path, # .pth/.pt/.bin, .safetensors, or a Hugging Face model directory
+    path:str|Path, # .pth/.pt/.bin, .safetensors, a Hugging Face model directory, or a sharded training checkpoint folder
     which:str="teacher", # for training checkpoints: "teacher" or "student"
 ) -> tuple[dict[str, Tensor], dict]:
     "Read the tensors of a checkpoint and what is known about it (`info`: path, HF config, metadata)."
     path = Path(path).expanduser()
     if not path.exists(): raise CheckpointReadError(f"no checkpoint at {path}: check the path")
     info = {"path": str(path), "hf_config": None, "metadata": {}}
+    if path.is_dir() and (path / "trainer_state.pt").is_file():  # a sharded (FSDP2) training checkpoint folder
+        from dinov3nb.train import read_checkpoint
+        return _unwrap(read_checkpoint(path), which), info
     if path.is_dir():
         cfg = path / "config.json"
         if not cfg.exists(): raise CheckpointReadError(f"{path} is a directory without config.json: not a Hugging Face model")

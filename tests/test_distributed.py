@@ -267,6 +267,8 @@ def test_fsdp2_killed_then_resumed_match(fsdp_run, tmp_path):
     assert ck["iteration"] == ITERS and ck["optimizer"]["state"] and set(ck["optimizer"]["state"]) <= set(ck["student"])
     model = dinov3nb.load(full)
     assert all(torch.equal(v, b["teacher"]["backbone." + k]) for k, v in model.state_dict().items())
+    from_folder = dinov3nb.load(checkpoints(out)[-1])  # the sharded folder itself loads too
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in from_folder.state_dict().items())
     exported = dinov3nb.load(export_backbone(checkpoints(out)[-1], tmp_path / "backbone.safetensors"))
     assert exported(torch.zeros(1, 3, 32, 32)).shape == (1, 64)
 
