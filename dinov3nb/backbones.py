@@ -7,11 +7,9 @@ Docs: https://dinov3nb.github.io/dinov3nb/backbones.html.md"""
 # %% ../nbs/03_backbones.ipynb #bc9b8bb3
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .vit import DinoVisionTransformer, ViTConfig

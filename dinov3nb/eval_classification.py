@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .evaluation import confusion_matrix, pyplot, topk_accuracy
+from .evaluation import pyplot, topk_accuracy
 
 # %% auto #0
 __all__ = ['knn_scores', 'knn_classify', 'LinearProbeResult', 'linear_probe', 'logistic_regression', 'plot_confusion_matrix']

@@ -7,7 +7,6 @@ Docs: https://dinov3nb.github.io/dinov3nb/dense.html.md"""
 # %% ../nbs/23_dense.ipynb #4f869865
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import numpy as np

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .losses import DINOHead, sinkhorn_knopp, dino_loss, ibot_loss_masked, koleo_loss, gram_loss, max_rel_diff
 from .distributed import koleo_loss_distributed, koleo_group
-from .vit import DinoVisionTransformer, ViTConfig, reference_dir
+from .vit import DinoVisionTransformer, reference_dir
 
 # %% auto #0
 __all__ = ['SSLLossConfig', 'ssl_model', 'head_from_official', 'mask_fields', 'teacher_targets', 'student_outputs',

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .data import CropConfig, MaskConfig, MultiCropAugmentation, MultiCropCollate, ImageFolderDataset, mask_batch_fields
 from .losses import DINOHead
 from .optim import (OptimConfig, TeacherConfig, GramTeacherConfig, ScheduleSpec, ScheduleSpecs, LossWeightSchedules, build_schedules,
-                            param_groups, apply_optim_schedule, ema_update, gram_refresh_due, gram_updates_before,
+                            param_groups, apply_optim_schedule, ema_update, gram_refresh_due,
                             refresh_gram_teacher, clip_grad_per_module, NanGuard)
 from .ssl_step import SSLLossConfig, ssl_model, ssl_forward_backward
 from .distributed import rank, world_size, init_distributed, average_gradients, mean_over_ranks, shard_rows, fully_shard_ssl_model, reshard
@@ -535,7 +535,7 @@ class Trainer:
         random.seed(cfg.run.seed); np.random.seed(cfg.run.seed); torch.manual_seed(cfg.run.seed)
         self.dataset = make_dataset(cfg.data, cfg.run.seed)
         self.models = build_models(cfg, teacher)
-        self.group, self.loss_cfg = group, cfg.loss
+        self.group, self.loss_cfg, self._tb = group, cfg.loss, None  # `_tb`: TensorBoard writer, opened with the log
         self.rank, self.world = rank(group), world_size(group)  # (0, 1) outside a process group
         self.fsdp = self.world > 1 and cfg.run.strategy == "fsdp"
         if self.fsdp:  # shard student and EMA alike, so the EMA update runs on matching local shards
@@ -659,7 +659,7 @@ def _record(self:Trainer, log, metrics:dict):
     "Append an iteration's `metrics` to the open `log`; save a checkpoint when one is due."
     it = metrics["iteration"]
     log.write(json.dumps(metrics) + "\n"); log.flush()
-    tb = getattr(self, "_tb", None)  # rank 0 with run.tensorboard
+    tb = self._tb  # rank 0 with run.tensorboard
     for k, v in metrics.items():
         if tb is not None and k != "iteration": tb.add_scalar(k, float(v), it)
     if (it + 1) % self.cfg.run.checkpoint_period == 0 or it + 1 == self.cfg.iterations:
@@ -680,7 +680,7 @@ def _fit(self:Trainer) -> list[dict]:
             self._record(log, metrics)
             bar.update(1); bar.set_postfix(loss=f"{metrics['total_loss']:.3f}")
     bar.close()
-    if getattr(self, "_tb", None) is not None: self._tb.close()
+    if self._tb is not None: self._tb.close()
     return history
 
 Trainer.step, Trainer.fit, Trainer._open_log, Trainer._record = _step, _fit, _open_log, _record
