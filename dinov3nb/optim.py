@@ -18,8 +18,8 @@ from torch import Tensor, nn
 __all__ = ['SCALING_RULES', 'Schedule', 'cosine_schedule', 'warmup_cosine', 'scale_lr', 'ScheduleSpec', 'ScheduleSpecs',
            'OptimConfig', 'TeacherConfig', 'TrainSchedules', 'build_schedules', 'LossWeightSchedules',
            'loss_weight_schedules', 'layer_id', 'param_groups', 'apply_optim_schedule', 'ema_update',
-           'GramTeacherConfig', 'gram_refresh_due', 'gram_updates_before', 'refresh_gram_teacher',
-           'clip_grad_per_module', 'NonFiniteLossError', 'NanGuard']
+           'GramTeacherConfig', 'gram_refresh_due', 'refresh_gram_teacher', 'clip_grad_per_module',
+           'NonFiniteLossError', 'NanGuard']
 
 # %% ../nbs/15_optim.ipynb #1fa1c4a9
 @dataclass
@@ -273,12 +273,6 @@ def gram_refresh_due(it:int, cfg:GramTeacherConfig, n_updates:int) -> bool:
     return (cfg.use_loss and cfg.rep_update and it + 1 >= cfg.it_first_update and (it + 1) % cfg.update_frequency == 0
             and (cfg.max_updates is None or n_updates < cfg.max_updates))
 
-def gram_updates_before(start_iter:int, cfg:GramTeacherConfig) -> int:
-    "Number of Gram-teacher refreshes a run did before iteration `start_iter` (for resuming)."
-    if not (cfg.use_loss and cfg.rep_update and start_iter > 0 and start_iter >= cfg.it_first_update): return 0
-    f = cfg.update_frequency  # refreshes happen after iterations i with i + 1 = k f >= it_first_update
-    n = start_iter // f - (max(cfg.it_first_update, 1) - 1) // f
-    return n if cfg.max_updates is None else min(n, cfg.max_updates)
 
 @torch.no_grad()
 def refresh_gram_teacher(gram_backbone:nn.Module, teacher_backbone:nn.Module):
