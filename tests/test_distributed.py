@@ -86,9 +86,11 @@ def test_koleo_two_ranks_match_concatenated_batch(collectives):
     for c in collectives: assert abs(c["koleo_mean"].item() - ref.item()) <= 1e-5  # logged loss = global loss
     assert abs(sum(c["koleo"].item() for c in collectives) / W - ref.item()) <= 1e-5
     for c in collectives: assert (c["koleo_grad"] - x.grad).abs().max() <= 1e-4, (c["koleo_grad"] - x.grad).abs().max()
-    # the per-rank (non-gathered) KoLeo is a different loss: the test above is not vacuous
-    per_rank = (koleo_loss(_data()["feats"][:4]) + koleo_loss(_data()["feats"][4:])).item() / 2
-    assert abs(per_rank - ref.item()) > 1e-3
+    # the test above is not vacuous: some nearest neighbours lie on the other rank's shard, so a
+    # per-rank (non-gathered) KoLeo would see other pairs (an integer fact, the same on every host)
+    f = torch.nn.functional.normalize(_data()["feats"], dim=-1)
+    nearest = (f @ f.T).fill_diagonal_(-2).argmax(1)
+    assert ((nearest < 4) != (torch.arange(8) < 4)).any(), nearest
 
 
 def test_gradient_average(collectives):
