@@ -1,6 +1,6 @@
 """Speed and memory of dinov3nb backbones against Hugging Face transformers and timm, side by side.
 
-Rows: dinov3nb in eager PyTorch, dinov3nb through its fast CPU path (`dinov3nb.export.accelerate`:
+Rows: dinov3nb in eager PyTorch, dinov3nb through its fast CPU path (`dinov3nb.deploy.export.accelerate`:
 ONNX export + ONNX Runtime), Hugging Face and timm in eager PyTorch, and timm exported to ONNX Runtime
 with the same session settings (what a timm user could do by hand).
 
@@ -35,7 +35,7 @@ VIT = {"vits16": dict(D=384, L=12, h=6), "vitb16": dict(D=768, L=12, h=12)}
 
 
 def ours(arch:str):
-    from dinov3nb.backbones import build
+    from dinov3nb.models.backbones import build
     name = {"vits16": "dinov3_vits16", "vitb16": "dinov3_vitb16", "convnext_t": "dinov3_convnext_tiny"}[arch]
     m = build(name).eval()
     return lambda x: m.forward_features(x)["x_norm_patchtokens"]
@@ -46,8 +46,8 @@ ONNX_DIR = Path(tempfile.gettempdir()) / "dinov3nb-bench-onnx"
 
 def ours_onnxruntime(arch:str):
     "dinov3nb's fast CPU path: the same model exported once to ONNX and run by ONNX Runtime."
-    from dinov3nb.export import OnnxRuntimeBackbone, accelerate
-    from dinov3nb.backbones import build
+    from dinov3nb.deploy.export import OnnxRuntimeBackbone, accelerate
+    from dinov3nb.models.backbones import build
     path = ONNX_DIR / f"{arch}.onnx"
     if not path.exists():  # export once (not timed); the memory child reuses the file
         torch.manual_seed(0)
@@ -61,7 +61,7 @@ def timm_onnxruntime(arch:str):
     "What a timm user gets from ONNX Runtime: timm's model exported with torch.onnx, run with the same settings."
     if arch == "convnext_t": return None
     import timm
-    from dinov3nb.export import OnnxRuntimeBackbone
+    from dinov3nb.deploy.export import OnnxRuntimeBackbone
     path = ONNX_DIR / f"timm-{arch}.onnx"
     if not path.exists():
         m = timm.create_model({"vits16": "vit_small_patch16_dinov3_qkvb", "vitb16": "vit_base_patch16_dinov3_qkvb"}[arch],

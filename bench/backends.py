@@ -52,8 +52,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from dinov3nb.backbones import build
-    from dinov3nb.runtime import make_runtime
+    from dinov3nb.models.backbones import build
+    from dinov3nb.deploy.runtime import make_runtime
     repeats, warmup = (3, 1) if a.quick else (9, 2)
     names = available_runtimes()
     print(f"torch {torch.__version__}, {a.threads} threads, batch {a.batch}, median of {repeats} round-robin runs; "

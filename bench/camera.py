@@ -6,7 +6,7 @@
 
 The tutorial loop, per frame: a PIL image and a torchvision transform built anew, the forward,
 scikit-learn `KMeans(n_clusters=3, n_init=1, max_iter=50)` from scratch, `cv2.applyColorMap` of the
-label grid, a resize and `cv2.addWeighted`. Ours: `dinov3nb.camera.SegmentationPipeline` (OpenCV
+label grid, a resize and `cv2.addWeighted`. Ours: `dinov3nb.jetson.camera.SegmentationPipeline` (OpenCV
 resize and a precomputed multiply-add, torch KMeans warm-started with Hungarian id matching, one
 `addWeighted`), in eager torch and, with the `onnx` extra, on ONNX Runtime (`dinov3nb.accelerate`).
 Same random-weight backbone, same square synthetic frames (so both run at 224x224),
@@ -65,14 +65,14 @@ def ort_available() -> bool:
 
 def measure(model_name:str, frames:int, motion:str) -> dict:
     "Run both loops interleaved on the same frames; return ms per stage, FPS and flicker of each."
-    from dinov3nb.backbones import build
-    from dinov3nb.camera import SegmentationPipeline, SyntheticSource, changed_fraction
-    from dinov3nb.runtime import TorchRuntime
+    from dinov3nb.models.backbones import build
+    from dinov3nb.jetson.camera import SegmentationPipeline, SyntheticSource, changed_fraction
+    from dinov3nb.deploy.runtime import TorchRuntime
     torch.manual_seed(0)
     model = build(model_name).eval()
     loops = {"tutorial": Tutorial(model), "dinov3nb": SegmentationPipeline(TorchRuntime(model), k=3, size=224)}
     if ort_available():  # the same pipeline on dinov3nb's fast CPU runtime
-        from dinov3nb.export import accelerate
+        from dinov3nb.deploy.export import accelerate
         loops["dinov3nb-ort"] = SegmentationPipeline(accelerate(model), k=3, size=224)
     for frame in SyntheticSource(3, size=(240, 240)):                                   # warm-up
         for loop in loops.values(): loop.step(frame)

@@ -30,7 +30,7 @@ def reference_dir() -> Path:
 def synthetic_video(tmp_path) -> Path:
     "A 4-frame 64x96 mp4 panning over a photo (needs OpenCV, the jetson extra)."
     pytest.importorskip("cv2", reason="OpenCV is not installed: pip install 'dinov3nb[jetson]'")
-    from dinov3nb.camera import SyntheticSource, VideoSink
+    from dinov3nb.jetson.camera import SyntheticSource, VideoSink
     path = tmp_path / "in.mp4"
     sink = VideoSink(path, fps=5)
     for frame in SyntheticSource(4, size=(64, 96)): sink(frame)

@@ -5,12 +5,12 @@ import os
 import pytest
 import torch
 
-from dinov3nb.backbones import build
-from dinov3nb.checkpoints import (CheckpointFormatError, CheckpointMismatchError, CheckpointReadError,
+from dinov3nb.models.backbones import build
+from dinov3nb.models.checkpoints import (CheckpointFormatError, CheckpointMismatchError, CheckpointReadError,
                                   UnsafeCheckpointError, detect_format, infer_config, load, load_weights_into,
                                   match_preset, save)
-from dinov3nb.convnext import ConvNeXt, ConvNeXtConfig
-from dinov3nb.vit import DinoVisionTransformer, ViTConfig
+from dinov3nb.models.convnext import ConvNeXt, ConvNeXtConfig
+from dinov3nb.models.vit import DinoVisionTransformer, ViTConfig
 
 
 @pytest.fixture

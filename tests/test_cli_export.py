@@ -6,9 +6,9 @@ import torch
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install 'dinov3nb[onnx]'")
 
-from dinov3nb.checkpoints import save
+from dinov3nb.models.checkpoints import save
 from dinov3nb.cli import main
-from dinov3nb.vit import DinoVisionTransformer, ViTConfig
+from dinov3nb.models.vit import DinoVisionTransformer, ViTConfig
 
 
 @pytest.fixture

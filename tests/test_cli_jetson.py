@@ -86,7 +86,7 @@ def test_weights_from_the_environment(no_cache, monkeypatch, capsys):
 
 
 def test_kmeans_on_a_video(no_cache, synthetic_video, capsys):
-    from dinov3nb.camera import open_source
+    from dinov3nb.jetson.camera import open_source
     out = no_cache / "seg.avi"
     assert main(["kmeans", "--video", str(synthetic_video), "-k", "3", "--size", "32", "--frames", "3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
@@ -120,7 +120,7 @@ def test_every_option_has_help():
 
 
 def test_every_eval_option_has_help():
-    from dinov3nb.eval_cli import _parser
+    from dinov3nb.eval.cli import _parser
     missing = [a.dest for a in _parser()._actions if not a.help]
     assert not missing, f"dinov3nb eval options without help: {missing}"
     with pytest.raises(SystemExit) as e: main(["eval", "nonsense"])  # routed to eval's own parser, which rejects it

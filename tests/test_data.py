@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dinov3nb.data import (CropConfig, ImageFolderDataset, MaskConfig, MaskingGenerator, MultiCropAugmentation,
+from dinov3nb.train.data import (CropConfig, ImageFolderDataset, MaskConfig, MaskingGenerator, MultiCropAugmentation,
                            MultiCropCollate, collate_masks)
 from dinov3nb.shapesworld import ShapesWorld, save_image_folder
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dinov3nb.eval_classification import knn_classify, linear_probe, logistic_regression
-from dinov3nb.eval_cli import PROTOCOLS, eval_main
-from dinov3nb.eval_data import ADE20KSegmentation, NYUv2Depth, classification_splits
-from dinov3nb.evaluation import extract_features
+from dinov3nb.eval.classification import knn_classify, linear_probe, logistic_regression
+from dinov3nb.eval.cli import PROTOCOLS, eval_main
+from dinov3nb.eval.data import ADE20KSegmentation, NYUv2Depth, classification_splits
+from dinov3nb.eval.features import extract_features
 from dinov3nb.shapesworld import ShapesWorld, save_image_folder
 
 SMALL = ["--size", "32", "--n-train", "12", "--n-val", "6", "--n-test", "6", "--n-videos", "1", "--n-frames", "3",
@@ -57,8 +57,8 @@ def test_every_protocol_writes_results_read_back(tmp_path, capsys):
 
 
 def test_weights_from_a_checkpoint(tmp_path):
-    from dinov3nb.checkpoints import save
-    from dinov3nb.eval_cli import eval_model
+    from dinov3nb.models.checkpoints import save
+    from dinov3nb.eval.cli import eval_model
     model = eval_model("vit_tiny", seed=3)
     save(model, tmp_path / "tiny.safetensors")
     assert eval_main(["knn", "--weights", str(tmp_path / "tiny.safetensors"), "--out", str(tmp_path), *SMALL]) == 0
@@ -106,7 +106,7 @@ def test_pixels_separate_colour_classes():
                 for y in ys]
         return [(Image.fromarray(i), int(y)) for i, y in zip(imgs, ys)]
 
-    from dinov3nb.evaluation import PixelFeatures
+    from dinov3nb.eval.features import PixelFeatures
     model = PixelFeatures(8, grid=2)
     f = {s: extract_features(model, coloured(n, k), "cls", progress=False) for k, (s, n) in enumerate((("tr", 30), ("va", 9), ("te", 30)))}
     assert knn_classify(*f["tr"], *f["te"], ks=(5,))[5]["top1"] == 100.0

@@ -7,10 +7,10 @@ import torch
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed: pip install 'dinov3nb[onnx]'")
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install 'dinov3nb[onnx]'")
 
-from dinov3nb.backbones import build
-from dinov3nb.convnext import ConvNeXt
-from dinov3nb.export import OnnxRuntimeBackbone, accelerate, export_onnx, op_counts, verify_backend
-from dinov3nb.vit import DinoVisionTransformer
+from dinov3nb.models.backbones import build
+from dinov3nb.models.convnext import ConvNeXt
+from dinov3nb.deploy.export import OnnxRuntimeBackbone, accelerate, export_onnx, op_counts, verify_backend
+from dinov3nb.models.vit import DinoVisionTransformer
 
 KEYS = ("x_norm_clstoken", "x_storage_tokens", "x_norm_patchtokens")
 
@@ -104,7 +104,7 @@ def test_fp16_conversion_keeps_fp32_io(reference_dir, tmp_path):
 def test_accelerate_caches_by_content(tmp_path, monkeypatch):
     monkeypatch.setenv("DINOV3NB_CACHE", str(tmp_path))
     torch.manual_seed(0)
-    from dinov3nb.vit import ViTConfig
+    from dinov3nb.models.vit import ViTConfig
     model = DinoVisionTransformer(ViTConfig.tiny()).eval()
     first = accelerate(model)
     assert first.path.parent == tmp_path / "onnx"
@@ -115,7 +115,7 @@ def test_accelerate_caches_by_content(tmp_path, monkeypatch):
 
 
 def test_bad_inputs_get_clear_errors(tmp_path):
-    from dinov3nb.vit import ViTConfig
+    from dinov3nb.models.vit import ViTConfig
     model = DinoVisionTransformer(ViTConfig.tiny()).eval()
     with pytest.raises(ValueError, match="multiples of 16"): export_onnx(model, tmp_path / "a.onnx", height=40)
     with pytest.raises(ValueError, match="opset"): export_onnx(model, tmp_path / "a.onnx", opset=13)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from dinov3nb.checkpoints import load
-from dinov3nb.multidistill import MultiTrainer, peer_ranks, split_ranks
-from dinov3nb.train import (PRESETS, ConfigError, Trainer, checkpoints, export_backbone, load_config, student_config,
+from dinov3nb.models.checkpoints import load
+from dinov3nb.train.multidistill import MultiTrainer, peer_ranks, split_ranks
+from dinov3nb.train.trainer import (PRESETS, ConfigError, Trainer, checkpoints, export_backbone, load_config, student_config,
                             train_main)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +141,7 @@ def test_cli_tiny_multidistill_learns(tmp_path, capsys):
 
 # ---- several processes --------------------------------------------------------------------------------------------
 
-TRAIN = "import sys; from dinov3nb.train import train_main; sys.exit(train_main(sys.argv[1:]))"
+TRAIN = "import sys; from dinov3nb.train.trainer import train_main; sys.exit(train_main(sys.argv[1:]))"
 
 
 def free_port() -> int:

@@ -1,11 +1,11 @@
-"Parity of `dinov3nb.convnext` with Meta's official ConvNeXt: every stored output and the released key lists."
+"Parity of `dinov3nb.models.convnext` with Meta's official ConvNeXt: every stored output and the released key lists."
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from dinov3nb.convnext import CONVNEXT_SIZES, ConvNeXt
+from dinov3nb.models.convnext import CONVNEXT_SIZES, ConvNeXt
 
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 pytestmark = pytest.mark.skipif(not (REF / "convnext_mini.safetensors").exists(),

@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dinov3nb.ssl_step import (SSLLossConfig, check_ssl_step_reference, load_ssl_reference, mask_fields,
+from dinov3nb.train.ssl_step import (SSLLossConfig, check_ssl_step_reference, load_ssl_reference, mask_fields,
                                ssl_forward_backward)
 
 LOSSES = ["dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss", "ibot_loss", "total_loss"]
@@ -26,7 +26,7 @@ def test_ssl_step_with_gram_anchoring_matches_reference(reference_dir):
     assert {k for k in diffs if k.startswith("out.")} == {f"out.{k}" for k in LOSSES + ["gram_loss"]}
     assert {k for k in diffs if k.startswith("grad.")} == _stored(reference_dir, "ssl_step_gram", "grad.")
     assert all(v <= 1e-5 for k, v in diffs.items() if k.startswith("out.")), diffs
-    # gradients pass through the official bf16 RoPE: 2e-3 relative (see nbs/13_ssl_step.ipynb)
+    # gradients pass through the official bf16 RoPE: 2e-3 relative (see nbs/13_train.ssl_step.ipynb)
     assert all(v <= 2e-3 for k, v in diffs.items() if k.startswith("grad.")), diffs
 
 

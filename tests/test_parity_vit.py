@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from dinov3nb.backbones import build, compare_with_key_list, n_parameters
-from dinov3nb.vit import DinoVisionTransformer, check_multicrop_reference, check_vit_reference
+from dinov3nb.models.backbones import build, compare_with_key_list, n_parameters
+from dinov3nb.models.vit import DinoVisionTransformer, check_multicrop_reference, check_vit_reference
 
 
 @pytest.mark.parametrize("case", ["vit_mlp_reg4", "vit_swiglu", "vit_7b_like"])
@@ -40,7 +40,7 @@ def test_every_official_layout(reference_dir):
 
 def test_untied_cls_norm_is_used_for_cls_and_registers():
     torch.manual_seed(0)
-    from dinov3nb.vit import ViTConfig
+    from dinov3nb.models.vit import ViTConfig
     m = DinoVisionTransformer(ViTConfig.tiny(untie_cls_and_patch_norms=True)).eval()
     with torch.no_grad():
         torch.nn.init.normal_(m.cls_norm.weight)

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from dinov3nb.runtime import Runtime, TorchRuntime, make_runtime, shape_profile
-from dinov3nb.vit import DinoVisionTransformer, ViTConfig
+from dinov3nb.deploy.runtime import Runtime, TorchRuntime, make_runtime, shape_profile
+from dinov3nb.models.vit import DinoVisionTransformer, ViTConfig
 
 
 def tiny_vit():
@@ -55,8 +55,8 @@ def test_shape_profile_rounds_to_the_stride():
 def test_tensorrt_fp16_engine_matches_torch(tmp_path, monkeypatch):
     pytest.importorskip("tensorrt", reason="TensorRT is not installed (JetPack, or pip install tensorrt)")
     monkeypatch.setenv("DINOV3NB_CACHE", str(tmp_path))
-    from dinov3nb.backbones import build
-    from dinov3nb.export import verify_backend
+    from dinov3nb.models.backbones import build
+    from dinov3nb.deploy.export import verify_backend
     model = build("dinov3_vits16").eval()
     rt = make_runtime("tensorrt", model, sizes=[(224, 224), (160, 288)], fp16=True)
     report = verify_backend(model, rt)  # real photos, two resolutions

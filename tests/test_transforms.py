@@ -1,4 +1,4 @@
-"Bad inputs and file round trips for `dinov3nb.transforms`."
+"Bad inputs and file round trips for `dinov3nb.models.transforms`."
 import re
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from dinov3nb.transforms import (get_normalization, load_image, make_transform, patch_multiple_size,
+from dinov3nb.models.transforms import (get_normalization, load_image, make_transform, patch_multiple_size,
                                  preprocess)
 
 CAT = skdata.chelsea()  # 300x451x3 uint8 RGB
