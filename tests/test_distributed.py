@@ -134,7 +134,8 @@ def max_rel(a:dict, b:dict) -> float:
 
 def final(out) -> dict:
     "The full state of the newest checkpoint (a `.pt` file, or the folder of a sharded FSDP2 checkpoint gathered)."
-    from dinov3nb.train.trainer import checkpoints, read_checkpoint
+    from dinov3nb.train.trainer import checkpoints
+    from dinov3nb.models.checkpoints import read_checkpoint
     return read_checkpoint(checkpoints(out)[-1])
 
 

@@ -20,9 +20,10 @@ from .convnext import ConvNeXt, ConvNeXtConfig
 
 # %% auto #0
 __all__ = ['CheckpointError', 'CheckpointReadError', 'UnsafeCheckpointError', 'CheckpointFormatError', 'CheckpointMismatchError',
-           'read_state_dict', 'detect_format', 'hf_vit_to_official', 'hf_vit_config', 'hf_convnext_to_official',
-           'official_to_hf_convnext', 'timm_vit_to_official', 'official_to_timm_vit', 'infer_config', 'match_preset',
-           'to_official', 'load', 'load_weights_into', 'save', 'official_to_hf_vit', 'save_hf', 'to_timm_state_dict']
+           'read_checkpoint', 'read_state_dict', 'detect_format', 'hf_vit_to_official', 'hf_vit_config',
+           'hf_convnext_to_official', 'official_to_hf_convnext', 'timm_vit_to_official', 'official_to_timm_vit',
+           'infer_config', 'match_preset', 'to_official', 'load', 'load_weights_into', 'save', 'official_to_hf_vit',
+           'save_hf', 'to_timm_state_dict']
 
 # %% ../../nbs/04_models.checkpoints.ipynb #f772090f
 class CheckpointError(ValueError): "A checkpoint could not be used; the message says why and what to do."
@@ -75,6 +76,23 @@ def _unwrap(obj:object, which:str="teacher") -> dict[str, Tensor]:
     if sd and all(k.startswith("module.") for k in sd): sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
 
+def read_checkpoint(path:str|Path) -> dict:
+    "The full state of a training checkpoint: a `.pt` file, or a sharded folder gathered into memory."
+    path = Path(path)
+    if not path.is_dir(): return torch.load(path, map_location="cpu", weights_only=True)
+    if not (path / "trainer_state.pt").is_file():
+        raise FileNotFoundError(f"{path} is not a sharded checkpoint of dinov3nb training (no trainer_state.pt)")
+    import tempfile
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    with tempfile.TemporaryDirectory() as d:  # DCP gathers the shards into one torch.save file
+        dcp_to_torch_save(path, Path(d) / "full.pt")
+        tensors = torch.load(Path(d) / "full.pt", map_location="cpu", weights_only=True)
+    meta = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+    groups = meta.pop("optimizer_param_groups")
+    return meta | {"student": tensors["student"], "teacher": tensors["teacher"], "gram_teacher": tensors.get("gram_teacher", {}),
+                   "optimizer": {"state": tensors.get("optimizer", {}), "param_groups": groups},
+                   "rng": torch.load(path / "rng_rank0.pt", weights_only=True)}
+
 def read_state_dict(
     path:str|Path, # .pth/.pt/.bin, .safetensors, a Hugging Face model directory, or a sharded training checkpoint folder
     which:str="teacher", # for training checkpoints: "teacher" or "student"
@@ -84,7 +102,6 @@ def read_state_dict(
     if not path.exists(): raise CheckpointReadError(f"no checkpoint at {path}: check the path")
     info = {"path": str(path), "hf_config": None, "metadata": {}}
     if path.is_dir() and (path / "trainer_state.pt").is_file():  # a sharded (FSDP2) training checkpoint folder
-        from dinov3nb.train.trainer import read_checkpoint
         return _unwrap(read_checkpoint(path), which), info
     if path.is_dir():
         cfg = path / "config.json"

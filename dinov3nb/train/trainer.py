@@ -32,6 +32,7 @@ from .optim import (OptimConfig, TeacherConfig, GramTeacherConfig, ScheduleSpec,
 from .ssl_step import SSLLossConfig, ssl_model, ssl_forward_backward
 from .distributed import rank, world_size, init_distributed, average_gradients, mean_over_ranks, shard_rows, fully_shard_ssl_model, reshard
 from ..models.vit import DinoVisionTransformer, ViTConfig
+from ..models.checkpoints import read_checkpoint
 
 # %% auto #0
 __all__ = ['PRESETS', 'HeadConfig', 'DataConfig', 'Resolution', 'InitConfig', 'StudentSpec', 'DistillConfig', 'RunConfig',
@@ -40,7 +41,7 @@ __all__ = ['PRESETS', 'HeadConfig', 'DataConfig', 'Resolution', 'InitConfig', 'S
            'preset_tiny_gram', 'preset_tiny_highres', 'preset_tiny_distill', 'preset_multidistill',
            'preset_tiny_multidistill', 'StepBatches', 'SeededCrops', 'SeededCollate', 'make_dataset', 'make_loader',
            'Models', 'build_models', 'rng_state', 'set_rng_state', 'save_atomic', 'checkpoints', 'Trainer',
-           'read_checkpoint', 'consolidate_checkpoint', 'export_backbone', 'load_config', 'train_main']
+           'consolidate_checkpoint', 'export_backbone', 'load_config', 'train_main']
 
 # %% ../../nbs/10_train.ipynb #81a969b0
 @dataclass
@@ -727,23 +728,6 @@ def _load_sharded(self:Trainer, path:Path):
     if m.gram is not None: m.gram.load_state_dict(tensors["gram_teacher"])
 
 Trainer._sharded_state, Trainer.save_sharded, Trainer.load_sharded = _sharded_state, _save_sharded, _load_sharded
-
-def read_checkpoint(path:str|Path) -> dict:
-    "The full state of a training checkpoint: a `.pt` file, or a sharded folder gathered into memory."
-    path = Path(path)
-    if not path.is_dir(): return torch.load(path, map_location="cpu", weights_only=True)
-    if not (path / "trainer_state.pt").is_file():
-        raise FileNotFoundError(f"{path} is not a sharded checkpoint of dinov3nb.train.trainer (no trainer_state.pt)")
-    import tempfile
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-    with tempfile.TemporaryDirectory() as d:  # DCP gathers the shards into one torch.save file
-        dcp_to_torch_save(path, Path(d) / "full.pt")
-        tensors = torch.load(Path(d) / "full.pt", map_location="cpu", weights_only=True)
-    meta = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
-    groups = meta.pop("optimizer_param_groups")
-    return meta | {"student": tensors["student"], "teacher": tensors["teacher"], "gram_teacher": tensors.get("gram_teacher", {}),
-                   "optimizer": {"state": tensors.get("optimizer", {}), "param_groups": groups},
-                   "rng": torch.load(path / "rng_rank0.pt", weights_only=True)}
 
 def consolidate_checkpoint(
     checkpoint:str|Path, # the folder of a sharded checkpoint (FSDP2 run)
