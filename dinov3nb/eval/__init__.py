@@ -1,0 +1,1 @@
+"""Evaluation (chapter 2, notebooks `2x_eval.*`): k-NN, linear and logistic probes, dense heads, matching, tracking, the `dinov3nb eval` command. Imports `models`, `train`, `deploy` and `shapesworld`."""

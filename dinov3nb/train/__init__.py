@@ -1,0 +1,1 @@
+"""Training (chapter 1, notebooks `1x_train.*`): multi-crop data, DINO/iBOT/KoLeo/Gram losses, the training step, schedules, the trainer and its checkpoints, torch.distributed, SLURM, distillation. Imports `models` only."""
