@@ -10,33 +10,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from .jetson.pictures import demo_pictures, heatmap_picture, kmeans_picture, match_picture, pca_picture, read_image
+
 # %% auto #0
-__all__ = ['SHADES', 'text_heatmap', 'resolve_weights', 'load_backbone', 'read_image', 'heatmap_picture', 'pca_picture',
-           'kmeans_picture', 'match_picture', 'run_demo', 'describe', 'convert_checkpoint', 'check_file',
-           'export_model', 'main']
-
-# %% ../nbs/90_cli.ipynb #8158b4ef
-SHADES = " .:-=+*#%@"
-
-def text_heatmap(
-    sim:torch.Tensor, # [H, W] similarities
-    width:int=48, # characters per row
-) -> str:
-    "Render a 2D map as text, darkest character for the largest value."
-    H, W = sim.shape
-    rows = max(1, round(width * H / W / 2))  # terminal cells are about twice as tall as wide
-    small = torch.nn.functional.interpolate(sim[None, None].float(), size=(rows, width), mode="bilinear",
-                                            align_corners=False)[0, 0]
-    lo, hi = small.min(), small.max()
-    idx = ((small - lo) / (hi - lo + 1e-12) * (len(SHADES) - 1)).round().long()
-    return "\n".join("".join(SHADES[i] for i in row) for row in idx.tolist())
+__all__ = ['resolve_weights', 'load_backbone', 'run_demo', 'describe', 'convert_checkpoint', 'check_file', 'export_model', 'main']
 
 # %% ../nbs/90_cli.ipynb #959a02a3
 def resolve_weights(
@@ -72,57 +55,6 @@ def load_backbone(
     model = load(path)
     return model, f"{getattr(model, 'preset', None) or model_name}: {path.name}"
 
-# %% ../nbs/90_cli.ipynb #db98cef8
-def read_image(spec:str) -> np.ndarray:
-    "Read an image file, or `skimage:NAME` (a scikit-image sample photo), as RGB uint8."
-    from dinov3nb.models.transforms import load_image
-    if spec.startswith("skimage:"):
-        import skimage.data
-        name = spec.split(":", 1)[1]
-        fn = getattr(skimage.data, name, None)
-        if fn is None or not callable(fn):
-            raise ValueError(f"{spec!r}: skimage.data has no photo {name!r}; try skimage:chelsea, skimage:astronaut or skimage:coffee")
-        img = fn()
-        return np.asarray(load_image(img[0] if isinstance(img, tuple) else img))
-    return np.asarray(load_image(spec))
-
-def heatmap_picture(model, image:np.ndarray, *, size:int=224, patch:tuple[int, int]|None=None,
-                    xy:tuple[float, float]|None=None) -> np.ndarray:
-    "Picture of the similarity heatmap of one query patch (grid `patch` or pixel `xy`; default the centre)."
-    from dinov3nb.jetson.dense import patch_features, pixel_to_patch, patch_centers, similarity_heatmap
-    from dinov3nb.jetson.plots import render_heatmap
-    pf = patch_features(model, image, size=size)
-    h, w = pf.grid_hw
-    if xy is not None: patch = pixel_to_patch(xy, pf.image_hw, pf.grid_hw)
-    patch = patch if patch is not None else (h // 2, w // 2)
-    heat = similarity_heatmap(pf, patch)
-    return render_heatmap(pf.image, heat, tuple(xy) if xy is not None else tuple(patch_centers(pf.grid_hw, pf.image_hw)[patch[0] * w + patch[1]]))
-
-def pca_picture(model, image:np.ndarray, *, size:int=224, foreground:bool=False) -> np.ndarray:
-    "Picture of the photo beside the PCA colours of its patches (foreground only if asked)."
-    from dinov3nb.jetson.dense import patch_features, PCABasis, pca_foreground
-    from dinov3nb.jetson.plots import render_pca
-    pf = patch_features(model, image, size=size)
-    basis = PCABasis.fit(pf.features)
-    return render_pca(pf.image, basis.to_rgb(pf.features, pca_foreground(pf.features, basis) if foreground else None))
-
-def kmeans_picture(model, image:np.ndarray, *, size:int=224, k:int=4, seed:int=0) -> np.ndarray:
-    "Picture of a KMeans segmentation of the photo's patches."
-    from dinov3nb.jetson.dense import patch_features, kmeans_segment
-    from dinov3nb.jetson.plots import render_labels
-    pf = patch_features(model, image, size=size)
-    return render_labels(pf.image, kmeans_segment(pf, min(k, pf.grid_hw[0] * pf.grid_hw[1]), seed=seed)[0])
-
-def match_picture(model, image_a:np.ndarray, image_b:np.ndarray, *, size:int=224, max_lines:int=100) -> tuple[np.ndarray, int]:
-    "Picture of the mutual nearest-neighbour patch matches between two photos, and their number."
-    from dinov3nb.jetson.dense import patch_features, match_mutual, patch_centers
-    from dinov3nb.jetson.plots import render_matches
-    fa, fb = patch_features(model, image_a, size=size), patch_features(model, image_b, size=size)
-    pairs, _ = match_mutual(fa.features, fb.features)
-    xy_a = patch_centers(fa.grid_hw, fa.image_hw)[pairs[:, 0].numpy()]
-    xy_b = patch_centers(fb.grid_hw, fb.image_hw)[pairs[:, 1].numpy()]
-    return render_matches(fa.image, fb.image, xy_a, xy_b, max_lines), len(pairs)
-
 # %% ../nbs/90_cli.ipynb #e04d5de4
 def run_demo(
     model_name:str="dinov3_vits16", # backbone preset
@@ -133,43 +65,13 @@ def run_demo(
     out=None, # stream to print to (stdout)
     err=None, # stream for warnings (stderr)
 ) -> dict:
-    "Run a backbone on photos: print feature shapes, timing and a text heatmap; write heatmap, PCA and KMeans PNGs."
-    from dinov3nb.jetson.dense import patch_similarity
-    from dinov3nb.jetson.plots import save_png, stamp
-    from dinov3nb.models.transforms import preprocess
+    "Load a backbone and run `demo_pictures`: feature shapes, timing and a text heatmap; heatmap, PCA and KMeans PNGs."
     out = out or sys.stdout
-    say = lambda *a: print(*a, file=out)
     model, note = load_backbone(model_name, weights, err=err)
-    imgs = {k: (image, image) if image else (f"skimage:{v}", f"skimage.data.{v}()")
-            for k, v in [("heatmap", "chelsea"), ("pca", "astronaut"), ("kmeans", "coffee")]}
-    cat = read_image(imgs["heatmap"][0])
-    x = preprocess(cat, size=size, weights=getattr(model, "normalization", "lvd"))
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        feats = model.forward_features(x)
-        dt = time.perf_counter() - t0
-    from dinov3nb.jetson.dense import feature_stride
-    p = feature_stride(model)
-    hw = (x.shape[-2] // p, x.shape[-1] // p)
-    n_params = sum(q.numel() for q in model.parameters())
-    say(f"dinov3nb demo: {getattr(model, 'preset', None) or model_name} ({n_params / 1e6:.1f}M parameters, "
-        f"{'random weights: pass --weights for real features' if 'RANDOM' in note else 'weights ' + note})")
-    say(f"image: {imgs['heatmap'][1]} -> input {tuple(x.shape)}, patch grid {hw[0]}x{hw[1]}")
-    for k in ("x_norm_clstoken", "x_storage_tokens", "x_norm_patchtokens"):
-        say(f"  {k:<20} {tuple(feats[k].shape)}")
-    say(f"forward: {dt * 1000:.0f} ms on {torch.get_num_threads()} CPU thread(s)")
-    if feats["x_norm_patchtokens"].shape[1] == hw[0] * hw[1]:
-        sim = patch_similarity(feats["x_norm_patchtokens"][0].reshape(*hw, -1))
-        off = sim.flatten()[torch.arange(sim.numel()) != (hw[0] // 2) * hw[1] + hw[1] // 2]
-        say(f"cosine similarity to the centre patch: mean {off.mean():.3f}, min {off.min():.3f}, max {off.max():.3f}")
-        say(text_heatmap(sim))
-    out_dir = Path(out_dir)
-    pictures = {"heatmap": heatmap_picture(model, cat, size=size),
-                "pca": pca_picture(model, read_image(imgs["pca"][0]), size=size),
-                "kmeans": kmeans_picture(model, read_image(imgs["kmeans"][0]), size=size)}
-    written = {k: save_png(stamp(pic, f"{k}: {imgs[k][1]} | {note}"), out_dir / f"{k}.png") for k, pic in pictures.items()}
-    say(f"wrote {len(written)} pictures to {out_dir.resolve()}/: " + ", ".join(p.name for p in written.values()))
-    return {"features": feats, "input": x, "model": model, "pictures": written}
+    res = demo_pictures(model, image, size=size, out_dir=out_dir, name=model_name, note=note,
+                        weights="random weights: pass --weights for real features" if "RANDOM" in note else "weights " + note,
+                        say=lambda *a: print(*a, file=out))
+    return {**res, "model": model}
 
 # %% ../nbs/90_cli.ipynb #064d2997
 def describe(model:torch.nn.Module) -> str:

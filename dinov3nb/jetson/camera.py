@@ -27,8 +27,7 @@ from ..models.transforms import get_normalization, patch_multiple_size
 # %% auto #0
 __all__ = ['csi_pipeline', 'CameraError', 'FrameSource', 'CaptureSource', 'GifSource', 'SyntheticSource', 'open_source',
            'BGRToTensor', 'match_ids', 'changed_fraction', 'StreamingKMeans', 'overlay', 'WindowSink', 'VideoSink',
-           'WidgetSink', 'RunStats', 'SegmentationPipeline', 'run', 'heatmap_view', 'pca_view', 'kmeans_view',
-           'live_view']
+           'RunStats', 'SegmentationPipeline', 'run']
 
 # %% ../../nbs/31_jetson.camera.ipynb #745a42ce
 def _cv2():
@@ -286,17 +285,6 @@ class VideoSink:
     def close(self):
         if self.writer is not None: self.writer.release()
 
-class WidgetSink:
-    "Show frames in an `ipywidgets.Image` (JPEG), updated in place; display `sink.widget` in a notebook."
-    def __init__(self, width:int|None=None):
-        try: import ipywidgets
-        except ImportError as e: raise ImportError("the widget sink needs ipywidgets: pip install 'dinov3nb[jetson]'") from e
-        self.widget, self.frames = ipywidgets.Image(format="jpeg", width=width), 0
-    def __call__(self, frame:np.ndarray) -> bool:
-        self.widget.value = _cv2().imencode(".jpg", frame)[1].tobytes(); self.frames += 1
-        return True
-    def close(self): pass
-
 # %% ../../nbs/31_jetson.camera.ipynb #bb17b7b8
 @dataclass
 class RunStats:
@@ -359,69 +347,3 @@ def run(
     stats.seconds = time.perf_counter() - t_start
     stats.stage_ms = {s: 1000 * v / max(stats.frames, 1) for s, v in pipeline.timings.items()}
     return stats
-
-# %% ../../nbs/31_jetson.camera.ipynb #48a72c75
-def _ipywidgets():
-    try: import ipywidgets
-    except ImportError as e: raise ImportError("the interactive views need ipywidgets: pip install 'dinov3nb[jetson]'") from e
-    return ipywidgets
-
-def _png(picture:np.ndarray) -> bytes:
-    import io
-    buf = io.BytesIO(); Image.fromarray(picture).save(buf, format="PNG")
-    return buf.getvalue()
-
-def heatmap_view(pf):
-    "Sliders for the query patch (row, column) and the similarity heatmap they select."
-    from dinov3nb.jetson.dense import similarity_heatmap, patch_centers
-    from dinov3nb.jetson.plots import render_heatmap
-    W = _ipywidgets(); h, w = pf.grid_hw
-    row, col = W.IntSlider(h // 2, 0, h - 1, description="row"), W.IntSlider(w // 2, 0, w - 1, description="col")
-    img = W.Image(format="png")
-    def update(*_):
-        xy = patch_centers(pf.grid_hw, pf.image_hw)[row.value * w + col.value]
-        img.value = _png(render_heatmap(pf.image, similarity_heatmap(pf, (row.value, col.value)), tuple(xy)))
-    for s in (row, col): s.observe(update, "value")
-    update()
-    return W.VBox([W.HBox([row, col]), img])
-
-def pca_view(pf):
-    "PCA colour map with controls: whitening, foreground only, and the foreground threshold."
-    from dinov3nb.jetson.dense import PCABasis, pca_foreground
-    from dinov3nb.jetson.plots import render_pca
-    W = _ipywidgets()
-    whiten, fg_only = W.Checkbox(True, description="whiten"), W.Checkbox(False, description="foreground only")
-    thr = W.FloatSlider(0.0, min=-2, max=2, step=0.1, description="threshold")
-    img = W.Image(format="png")
-    def update(*_):
-        basis = PCABasis.fit(pf.features, whiten=whiten.value)
-        mask = pca_foreground(pf.features, basis, thr.value) if fg_only.value else None
-        img.value = _png(render_pca(pf.image, basis.to_rgb(pf.features, mask)))
-    for c in (whiten, fg_only, thr): c.observe(update, "value")
-    update()
-    return W.VBox([W.HBox([whiten, fg_only, thr]), img])
-
-def kmeans_view(pf, k:int=4):
-    "KMeans segmentation with a slider for the number of clusters k."
-    from dinov3nb.jetson.dense import kmeans_segment
-    from dinov3nb.jetson.plots import render_labels
-    W = _ipywidgets(); n = pf.grid_hw[0] * pf.grid_hw[1]
-    ks, img = W.IntSlider(min(k, n), 2, min(12, n), description="k"), W.Image(format="png")
-    def update(*_): img.value = _png(render_labels(pf.image, kmeans_segment(pf, ks.value)[0]))
-    ks.observe(update, "value"); update()
-    return W.VBox([ks, img])
-
-def live_view(source:FrameSource, pipeline:SegmentationPipeline, max_frames:int|None=None, background:bool=True):
-    "Run the camera pipeline into an image widget with a Stop button (in a background thread by default)."
-    W = _ipywidgets()
-    sink, stop, button = WidgetSink(), threading.Event(), W.Button(description="Stop")
-    label = W.Label(f"{source.name}")
-    button.on_click(lambda _: stop.set())
-    def work():
-        stats = run(source, pipeline, [sink], max_frames, stop)
-        label.value = f"{source.name}: {stats.frames} frames, {stats.fps:.1f} FPS"
-    box = W.VBox([W.HBox([button, label]), sink.widget])
-    box.stop, box.sink = stop, sink
-    if background: box.thread = threading.Thread(target=work, daemon=True); box.thread.start()
-    else: work()
-    return box
