@@ -8,7 +8,7 @@ PKG = Path(__file__).resolve().parents[1] / "dinov3nb"
 # a chapter may import its own modules and those of lower layers; never a higher layer's, nor
 # another chapter of its own layer (train, deploy and heads stand side by side, so do eval and jetson)
 LAYERS = {"models": 0, "shapesworld": 1, "train": 2, "deploy": 2, "heads": 2, "eval": 3, "jetson": 3, "cli": 4,
-          "__main__": 4, "testing": 5}
+          "testing": 5}
 MAX_LINES = 400
 
 
@@ -48,7 +48,8 @@ def import_graph() -> dict[str, set[str]]:
 
 def chapter(mod:str) -> str|None:
     parts = mod.split(".")
-    return parts[1] if len(parts) > 1 else None  # None: the package root `dinov3nb` (the public facade)
+    if len(parts) == 1: return None
+    return "cli" if parts[1] == "__main__" else parts[1]  # `python -m dinov3nb` is the command line  # None: the package root `dinov3nb` (the public facade)
 
 
 def find_cycle(graph:dict[str, set[str]]) -> list[str]|None:
