@@ -3,8 +3,6 @@ from pathlib import Path
 
 import pytest
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked `slow`")
@@ -19,11 +17,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    "Return the folder of official reference outputs (`../shared/reference` beside the checkout), or skip."
-    if not REFERENCE_DIR.is_dir():
-        pytest.skip(f"official reference outputs not found at {REFERENCE_DIR}: "
-                    "put the `shared/` folder beside the repository checkout to run parity tests")
-    return REFERENCE_DIR
+    "Return the folder of official reference outputs (`dinov3nb.testing.reference_dir`), or skip."
+    from dinov3nb.testing import reference_dir as find_reference_dir
+    ref = find_reference_dir()
+    if ref is None:
+        pytest.skip("official reference outputs not found: put the `shared/` folder (with shared/reference/manifest.json) "
+                    "beside the repository checkout to run parity tests")
+    return ref
 
 
 @pytest.fixture

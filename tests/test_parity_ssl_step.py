@@ -3,8 +3,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dinov3nb.train.ssl_step import (SSLLossConfig, check_ssl_step_reference, load_ssl_reference, mask_fields,
-                               ssl_forward_backward)
+from dinov3nb.testing import check_ssl_step_reference, load_ssl_reference
+from dinov3nb.train.ssl_step import SSLLossConfig, mask_fields, ssl_forward_backward
 
 LOSSES = ["dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss", "ibot_loss", "total_loss"]
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from dinov3nb.models.backbones import build, compare_with_key_list, n_parameters
-from dinov3nb.models.vit import DinoVisionTransformer, check_multicrop_reference, check_vit_reference
+from dinov3nb.models.vit import DinoVisionTransformer
+from dinov3nb.testing import check_multicrop_reference, check_vit_reference
 
 
 @pytest.mark.parametrize("case", ["vit_mlp_reg4", "vit_swiglu", "vit_7b_like"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
@@ -19,8 +18,7 @@ from .layers import PatchEmbed, RopePositionEmbedding, SelfAttentionBlock, Layer
 
 # %% auto #0
 __all__ = ['RopeDType', 'DTYPES', 'ViTConfig', 'DinoVisionTransformer', 'init_weights', 'prepare_tokens_with_masks',
-           'forward_features', 'forward_features_list', 'forward', 'get_intermediate_layers', 'reference_dir',
-           'vit_reference_diffs', 'check_vit_reference', 'check_multicrop_reference']
+           'forward_features', 'forward_features_list', 'forward', 'get_intermediate_layers']
 
 # %% ../../nbs/01_models.vit.ipynb #e76cc8a3
 RopeDType = Literal["fp32", "fp16", "bf16"]
@@ -225,72 +223,3 @@ def get_intermediate_layers(
         results.append(entry if len(entry) > 1 else patch)
     return tuple(results)
 DinoVisionTransformer.get_intermediate_layers = get_intermediate_layers
-
-# %% ../../nbs/01_models.vit.ipynb #da2a5d14
-def reference_dir() -> Path|None:
-    "Find the shared reference folder (`../shared/reference` beside the repo), or None."
-    from pathlib import Path
-    here = Path.cwd()
-    for base in (here, *here.parents):
-        p = base.parent / "shared" / "reference"
-        if (p / "manifest.json").exists(): return p
-    return None
-
-# %% ../../nbs/01_models.vit.ipynb #5f9ed41d
-def vit_reference_diffs(case:str, ref:Path|None=None, dtype:torch.dtype=torch.float32) -> dict[str, float]:
-    "Rebuild reference `case`, load its weights strictly, run it in `dtype`; max abs diff per stored output."
-    import json
-    from pathlib import Path
-    from safetensors.torch import load_file
-    ref = Path(ref or reference_dir())
-    cfg = json.loads((ref / "manifest.json").read_text())["cases"][case]["constructor_kwargs"]
-    t = load_file(ref / f"{case}.safetensors")
-    model = DinoVisionTransformer(**cfg).eval()
-    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("state.")}, strict=True)
-    model.to(dtype)
-    diffs = {}
-    def cmp(name, got): diffs[name] = (got.double() - t[name].double()).abs().max().item()
-    with torch.no_grad():
-        for i in sorted({k.split(".")[0] for k in t if k.startswith("in")}):
-            img = t[f"{i}.image"].to(dtype)
-            for k, v in model.forward_features(img).items():
-                if f"{i}.forward_features.{k}" in t: cmp(f"{i}.forward_features.{k}", v)
-            for k, v in model.forward_features(img, masks=t[f"{i}.masks"]).items():
-                if f"{i}.masked.{k}" in t: cmp(f"{i}.masked.{k}", v)
-            for j, (patch, cls, extra) in enumerate(model.get_intermediate_layers(
-                    img, n=2, reshape=True, return_class_token=True, return_extra_tokens=True, norm=True)):
-                for nm, v in (("patch", patch), ("cls", cls), ("extra", extra)):
-                    cmp(f"{i}.intermediate_n2_reshape.{j}.{nm}", v)
-            cmp(f"{i}.intermediate_idx0_nonorm.0.patch", model.get_intermediate_layers(img, n=[0], norm=False)[0])
-            H, W = img.shape[-2] // model.patch_size, img.shape[-1] // model.patch_size
-            sin, cos = model.rope_embed(H=H, W=W)
-            cmp(f"{i}.rope.sin", sin); cmp(f"{i}.rope.cos", cos)
-    unchecked = [k for k in t if not k.startswith("state.") and k not in diffs
-                 and not k.endswith((".image", ".masks"))]
-    if unchecked: raise AssertionError(f"stored outputs not compared: {unchecked}")
-    return diffs
-
-# %% ../../nbs/01_models.vit.ipynb #ca4f8c0d
-def check_vit_reference(case:str, ref:Path|None=None, atol:float=1e-4) -> dict[str, float]:
-    "Assert every output of reference `case` matches to `atol` (max abs diff); return the diffs."
-    diffs = vit_reference_diffs(case, ref)
-    bad = {k: v for k, v in diffs.items() if not v <= atol}
-    if bad: raise AssertionError(f"{case}: outputs off by more than {atol}: {bad}")
-    return diffs
-
-# %% ../../nbs/01_models.vit.ipynb #1d06559e
-def check_multicrop_reference(ref:Path|None=None) -> dict[str, float]:
-    "Reproduce the reference training-mode forward of `[global, local]` crops; max abs diff per output."
-    import json
-    from pathlib import Path
-    from safetensors.torch import load_file
-    ref = Path(ref or reference_dir())
-    cfg = json.loads((ref / "manifest.json").read_text())["cases"]["vit_multicrop_train"]["constructor_kwargs"]
-    t = load_file(ref / "vit_multicrop_train.safetensors")
-    model = DinoVisionTransformer(**cfg)
-    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("state.")}, strict=True)
-    model.train()
-    with torch.no_grad():
-        g, l = model.forward_features([t["global.image"], t["local.image"]], [t["global.masks"], None])
-    return {f"{crop}.{k}": (o[k] - t[f"{crop}.{k}"]).abs().max().item()
-            for crop, o in (("global", g), ("local", l)) for k in o if f"{crop}.{k}" in t and k != "masks"}

@@ -7,17 +7,13 @@ Docs: https://dinov3nb.github.io/dinov3nb/train.losses.html.md"""
 # %% ../../nbs/12_train.losses.ipynb #6a424dec
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.vit import reference_dir
-
 # %% auto #0
 __all__ = ['DINOHead', 'sinkhorn_knopp', 'update_center', 'softmax_center_teacher', 'dino_loss', 'masks_weight_from_masks',
-           'ibot_loss_masked', 'ibot_loss_full', 'koleo_loss', 'gram_loss', 'max_rel_diff', 'losses_reference_diffs']
+           'ibot_loss_masked', 'ibot_loss_full', 'koleo_loss', 'gram_loss']
 
 # %% ../../nbs/12_train.losses.ipynb #2bb5978d
 def _head_mlp(nlayers:int, in_dim:int, bottleneck_dim:int, hidden_dim:int, bias:bool=True, device=None) -> nn.Module:
@@ -201,49 +197,3 @@ def gram_loss(
         g_s = torch.where((g_s < 0) & (g_t < 0), torch.zeros_like(g_s), g_s)
         g_t = g_t.clamp(min=0)
     return F.mse_loss(g_s, g_t)
-
-# %% ../../nbs/12_train.losses.ipynb #06ab9860
-def max_rel_diff(ours:Tensor, ref:Tensor) -> float:
-    "Max absolute difference relative to the largest reference magnitude."
-    ref = ref.detach().double()
-    return ((ours.detach().double().reshape(ref.shape) - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
-
-def losses_reference_diffs(ref:Path|None=None) -> dict[str, float]:
-    "Recompute every output stored in the reference `losses.safetensors`; relative difference per output."
-    import json
-    from safetensors.torch import load_file
-    ref = Path(ref or reference_dir())
-    hp = json.loads((ref / "manifest.json").read_text())["losses"]
-    t = load_file(ref / "losses.safetensors")
-    used, diffs = set(), {}
-    def get(k): used.add(k); return t[k]
-    def cmp(k, v): diffs[k] = max_rel_diff(v, t[k])
-    d, ib, g, h = hp["dino"], hp["ibot"], hp["gram"], hp["head"]
-    head = DINOHead(h["in_dim"], h["out_dim"], nlayers=h["nlayers"], hidden_dim=h["hidden_dim"], bottleneck_dim=h["bottleneck_dim"])
-    head.load_state_dict({k[len("head.state."):]: get(k) for k in t if k.startswith("head.state.")}, strict=True)
-    with torch.no_grad():
-        cmp("head.output", head(get("head.input")))
-        cmp("head.output_no_last_layer", head(t["head.input"], no_last_layer=True))
-        s_logits, t_logits = get("dino.student_logits"), get("dino.teacher_logits")  # [S, B, K], [T, B, K]
-        probs = sinkhorn_knopp(t_logits.flatten(0, 1), d["teacher_temp"], d["n_iterations"]).unflatten(0, t_logits.shape[:2])
-        cmp("dino.teacher_probs_sk", probs)
-        cmp("dino.loss_sk", dino_loss(s_logits, probs, d["student_temp"]))
-        cmp("dino.loss_sk_ignore_diag", dino_loss(s_logits, probs, d["student_temp"], ignore_diagonal=True))
-        center = update_center(torch.zeros(1, t_logits.shape[-1]), t_logits.flatten(0, 1), d["center_momentum"])
-        cmp("dino.center_after_update", center)
-        probs_c = softmax_center_teacher(t_logits, center, d["teacher_temp"])
-        cmp("dino.teacher_probs_centered", probs_c)
-        cmp("dino.loss_centered", dino_loss(s_logits, probs_c, d["student_temp"]))
-        masks = get("ibot.masks")
-        probs_m = sinkhorn_knopp(get("ibot.teacher_masked_logits"), ib["teacher_temp"], ib["n_iterations"],
-                                 n_samples=masks.sum().reshape(1))
-        cmp("ibot.teacher_probs_sk", probs_m)
-        cmp("ibot.loss_masked", ibot_loss_masked(get("ibot.student_masked_logits"), probs_m, masks, student_temp=ib["student_temp"]))
-        cmp("ibot.loss_full", ibot_loss_full(get("ibot.student_full_logits"), get("ibot.teacher_full_probs"), masks, ib["student_temp"]))
-        cmp("koleo.loss", koleo_loss(get("koleo.features")))
-        names = {(True, True): "gram.loss_img_level", (True, False): "gram.loss_batch_level", (False, True): "gram.loss_keep_neg"}
-        for neg, img in zip(g["remove_neg"], g["img_level"]):
-            cmp(names[neg, img], gram_loss(get("gram.student"), get("gram.teacher"), img_level=img, remove_neg=neg, apply_norm=g["apply_norm"]))
-    missing = sorted(set(t) - used - set(diffs))
-    if missing: raise AssertionError(f"stored reference tensors neither used nor compared: {missing}")
-    return diffs

@@ -8,21 +8,18 @@ Docs: https://dinov3nb.github.io/dinov3nb/train.ssl_step.html.md"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .losses import DINOHead, sinkhorn_knopp, dino_loss, ibot_loss_masked, koleo_loss, gram_loss, max_rel_diff
+from .losses import DINOHead, sinkhorn_knopp, dino_loss, ibot_loss_masked, koleo_loss, gram_loss
 from .distributed import koleo_loss_distributed, koleo_group
-from ..models.vit import DinoVisionTransformer, reference_dir
 
 # %% auto #0
-__all__ = ['SSL_REFERENCE_BOUNDS', 'SSLLossConfig', 'ssl_model', 'head_from_official', 'mask_fields', 'teacher_targets',
-           'student_outputs', 'gram_targets', 'dino_crop_scales', 'ssl_losses', 'ssl_forward_backward',
-           'load_ssl_reference', 'ssl_step_reference_diffs', 'check_ssl_step_reference']
+__all__ = ['SSLLossConfig', 'ssl_model', 'head_from_official', 'mask_fields', 'teacher_targets', 'student_outputs',
+           'gram_targets', 'dino_crop_scales', 'ssl_losses', 'ssl_forward_backward']
 
 # %% ../../nbs/13_train.ssl_step.ipynb #c7848876
 @dataclass
@@ -212,61 +209,3 @@ def ssl_forward_backward(
     losses = ssl_losses(s_out, t_out, masks, b["masks_weight"], cfg, gram)
     losses["total_loss"].backward()
     return {k: v.detach() for k, v in losses.items()}
-
-# %% ../../nbs/13_train.ssl_step.ipynb #a12c1a86
-def _backbone_kwargs(cfg:Mapping) -> dict:
-    "Official ViT constructor arguments of the run described by a saved config (`ssl_step.json` layout)."
-    s, a = cfg["config_overrides"]["student"], cfg["arch"]
-    return dict(img_size=cfg["global_crops_size"], patch_size=s["patch_size"], embed_dim=a["embed_dim"], depth=a["depth"],
-                num_heads=a["num_heads"], n_storage_tokens=s["n_storage_tokens"], mask_k_bias=s["mask_k_bias"],
-                layerscale_init=s["layerscale"], norm_layer=s["norm_layer"], drop_path_rate=s["drop_path_rate"],
-                pos_embed_rope_rescale_coords=s["pos_embed_rope_rescale_coords"])
-
-def load_ssl_reference(name:str="ssl_step", ref:Path|None=None, dtype:torch.dtype=torch.float32):
-    "Rebuild student, teacher, Gram teacher (or None), batch and config of a reference step; load strictly."
-    import json
-    from safetensors.torch import load_file
-    ref = Path(ref or reference_dir())
-    cfg = json.loads((ref / f"{name}.json").read_text())
-    t = load_file(ref / f"{name}.safetensors")
-    kw = _backbone_kwargs(cfg)
-    def part(prefix): return {k[len(prefix):]: v for k, v in t.items() if k.startswith(prefix)}
-    def backbone(prefix):
-        m = DinoVisionTransformer(**kw)
-        m.load_state_dict(part(prefix), strict=True)
-        rope = m.rope_embed.periods.dtype  # RoPE keeps its own dtype (`pos_embed_rope_dtype`)
-        m.to(dtype); m.rope_embed.periods.data = m.rope_embed.periods.data.to(rope)
-        return m
-    def model(prefix):
-        m = ssl_model(backbone(prefix + "backbone."), head_from_official(cfg["dino"], kw["embed_dim"]),
-                      head_from_official(cfg["ibot"], kw["embed_dim"]))
-        for h in ("dino_head", "ibot_head"): m[h].load_state_dict(part(f"{prefix}{h}."), strict=True); m[h].to(dtype)
-        return m
-    student, teacher = model("student."), model("teacher.")
-    student.train(); teacher.eval(); teacher.requires_grad_(False)
-    gram = backbone("gram_teacher.backbone.").eval().requires_grad_(False) if "gram" in cfg else None
-    batch = {k[len("batch."):]: v.to(dtype) if v.is_floating_point() else v for k, v in t.items() if k.startswith("batch.")}
-    return student, teacher, gram, batch, cfg, t
-
-def ssl_step_reference_diffs(name:str="ssl_step", ref:Path|None=None, dtype:torch.dtype=torch.float32) -> dict[str, float]:
-    "Run the reference step `name` in `dtype`; relative difference of every stored loss term and gradient."
-    student, teacher, gram, batch, cfg, t = load_ssl_reference(name, ref, dtype)
-    out = ssl_forward_backward(student, teacher, batch, cfg["teacher_temp"], SSLLossConfig.from_official(cfg), gram)
-    diffs = {f"out.{k}": max_rel_diff(v, t[f"out.{k}"]) for k, v in out.items()}
-    params = dict(student.named_parameters())
-    diffs |= {k: max_rel_diff(params[k[len("grad."):]].grad, t[k]) for k in t if k.startswith("grad.")}
-    unchecked = [k for k in t if k.startswith("out.") and k not in diffs]
-    if unchecked: raise AssertionError(f"stored loss terms not compared: {unchecked}")
-    return diffs
-
-# %% ../../nbs/13_train.ssl_step.ipynb #a0c405a6
-SSL_REFERENCE_BOUNDS = {"ssl_step": (1e-5, 1e-4),  # (loss terms, gradients), relative: the reference README's bounds
-                        "ssl_step_gram": (1e-5, 2e-3)}  # gradients through the official bf16 RoPE
-
-def check_ssl_step_reference(name:str="ssl_step", ref:Path|None=None) -> dict[str, float]:
-    "Assert parity with the reference step `name` within its `SSL_REFERENCE_BOUNDS`; return the relative diffs."
-    loss_tol, grad_tol = SSL_REFERENCE_BOUNDS[name]
-    diffs = ssl_step_reference_diffs(name, ref)
-    bad = {k: v for k, v in diffs.items() if not v <= (loss_tol if k.startswith("out.") else grad_tol)}
-    if bad: raise AssertionError(f"{name}: terms off by more than ({loss_tol}, {grad_tol}) relative: {bad}")
-    return diffs
