@@ -29,8 +29,8 @@ __all__ = ['SSL_REFERENCE_BOUNDS', 'reference_dir', 'max_rel_diff', 'vit_referen
 # %% ../nbs/99_testing.ipynb #50ad7029
 def reference_dir() -> Path|None:
     "Find the shared reference folder (`../shared/reference` beside the repo), or None."
-    import dinov3nb
-    for start in (Path.cwd(), Path(dinov3nb.__file__).resolve().parent):
+    from importlib.util import find_spec
+    for start in (Path.cwd(), Path(find_spec("dinov3nb").origin).resolve().parent):
         for base in (start, *start.parents):
             p = base.parent / "shared" / "reference"
             if (p / "manifest.json").exists(): return p
