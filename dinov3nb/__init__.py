@@ -3,9 +3,10 @@ __version__ = "0.1.0"
 
 from .models.vit import DinoVisionTransformer, ViTConfig
 from .models.convnext import ConvNeXt, ConvNeXtConfig
-from .models.backbones import (PRESETS, build, list_backbones, dinov3_vits16, dinov3_vits16plus, dinov3_vitb16,
-                               dinov3_vitl16, dinov3_vitl16plus, dinov3_vith16plus, dinov3_vit7b16, dinov3_convnext_tiny,
-                               dinov3_convnext_small, dinov3_convnext_base, dinov3_convnext_large)
+from .models.presets import PRESETS, list_backbones
+from .models.backbones import (build, dinov3_vits16, dinov3_vits16plus, dinov3_vitb16, dinov3_vitl16, dinov3_vitl16plus,
+                               dinov3_vith16plus, dinov3_vit7b16, dinov3_convnext_tiny, dinov3_convnext_small,
+                               dinov3_convnext_base, dinov3_convnext_large)
 from .models.transforms import load_image, make_transform, preprocess
 from .models.checkpoints import load, load_weights_into, save, save_hf, to_timm_state_dict
 from .deploy.export import accelerate, export_onnx, OnnxRuntimeBackbone

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from dinov3nb.models.backbones import build
-from dinov3nb.models.checkpoints import (CheckpointFormatError, CheckpointMismatchError, CheckpointReadError,
-                                  UnsafeCheckpointError, detect_format, infer_config, load, load_weights_into,
-                                  match_preset, save)
+from dinov3nb.models.checkpoints import (CheckpointMismatchError, CheckpointReadError, UnsafeCheckpointError, load,
+                                         load_weights_into, save)
+from dinov3nb.models.convert import CheckpointFormatError, detect_format, infer_config
+from dinov3nb.models.presets import match_preset
 from dinov3nb.models.convnext import ConvNeXt, ConvNeXtConfig
 from dinov3nb.models.vit import DinoVisionTransformer, ViTConfig
 

@@ -26,7 +26,8 @@ PROTOCOLS = ("knn", "linear", "logreg", "seg", "depth", "fg", "match", "track")
 
 def eval_model(name:str|None, weights:str|None=None, seed:int=0) -> nn.Module:
     "Build the backbone to evaluate: a preset, `pixels`, `vit_tiny`, or whatever checkpoint `weights` holds."
-    from dinov3nb.models.backbones import PRESETS, build
+    from dinov3nb.models.presets import PRESETS
+    from dinov3nb.models.backbones import build
     from dinov3nb.eval.features import PixelFeatures
     from dinov3nb.models.vit import DinoVisionTransformer, ViTConfig
     torch.manual_seed(seed)

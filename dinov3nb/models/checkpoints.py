@@ -14,22 +14,19 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .layers import rope_periods, swiglu_hidden_dim
 from .vit import DinoVisionTransformer, ViTConfig
 from .convnext import ConvNeXt, ConvNeXtConfig
+from .presets import match_preset
+from .convert import CheckpointError, CheckpointFormatError, to_official, hf_vit_config, infer_config
+from .convert import official_to_hf_vit, official_to_hf_convnext, official_to_timm_vit
 
 # %% auto #0
-__all__ = ['CheckpointError', 'CheckpointReadError', 'UnsafeCheckpointError', 'CheckpointFormatError', 'CheckpointMismatchError',
-           'read_checkpoint', 'read_state_dict', 'detect_format', 'hf_vit_to_official', 'hf_vit_config',
-           'hf_convnext_to_official', 'official_to_hf_convnext', 'timm_vit_to_official', 'official_to_timm_vit',
-           'infer_config', 'match_preset', 'to_official', 'load', 'load_weights_into', 'save', 'official_to_hf_vit',
-           'save_hf', 'to_timm_state_dict']
+__all__ = ['CheckpointReadError', 'UnsafeCheckpointError', 'CheckpointMismatchError', 'read_checkpoint', 'read_state_dict',
+           'load', 'load_weights_into', 'save', 'save_hf', 'to_timm_state_dict']
 
 # %% ../../nbs/04_models.checkpoints.ipynb #f772090f
-class CheckpointError(ValueError): "A checkpoint could not be used; the message says why and what to do."
 class CheckpointReadError(CheckpointError): "The file is missing, truncated or corrupted."
 class UnsafeCheckpointError(CheckpointError): "The file is a pickle that would run code when loaded."
-class CheckpointFormatError(CheckpointError): "The tensors do not look like any DINOv3 layout we know."
 class CheckpointMismatchError(CheckpointError): "The checkpoint does not fit the model it is loaded into."
 
 # %% ../../nbs/04_models.checkpoints.ipynb #94794186
@@ -117,211 +114,7 @@ def read_state_dict(
         return _unwrap(sd, which), info
     return _unwrap(_torch_load(path), which), info
 
-# %% ../../nbs/04_models.checkpoints.ipynb #10e16f22
-def detect_format(sd:dict[str, Tensor], hf_config:dict|None=None) -> str:
-    "Name the layout of a state dict: `official_vit`, `official_convnext`, `hf_vit`, `hf_convnext` or `timm_vit`."
-    keys = set(sd)
-    has = lambda pat: any(re.search(pat, k) for k in keys)
-    if "embeddings.cls_token" in keys or has(r"(^|\.)layer\.\d+\.attention\.q_proj"): return "hf_vit"
-    if has(r"stages\.\d+\.layers\.\d+\.depthwise_conv"): return "hf_convnext"
-    if "downsample_layers.0.0.weight" in keys: return "official_convnext"
-    if "reg_token" in keys or has(r"^blocks\.\d+\.gamma_1$") or has(r"\.mlp\.fc1_g\."): return "timm_vit"
-    if "patch_embed.proj.weight" in keys and has(r"^blocks\.\d+\.attn\.qkv\.weight$"): return "official_vit"
-    sample = sorted(keys)[:6]
-    raise CheckpointFormatError(f"unrecognised checkpoint layout (first keys: {sample}); supported: Meta DINOv3 "
-                                "ViT/ConvNeXt, Hugging Face DINOv3ViT/DINOv3ConvNext, timm vit_*_dinov3")
-
-# %% ../../nbs/04_models.checkpoints.ipynb #7a086c9e
-_HF_VIT_RENAMES = [  # (Hugging Face suffix, our suffix) inside a block
-    ("norm1.", "norm1."), ("norm2.", "norm2."), ("attention.o_proj.", "attn.proj."),
-    ("layer_scale1.lambda1", "ls1.gamma"), ("layer_scale2.lambda1", "ls2.gamma"),
-    ("mlp.gate_proj.", "mlp.w1."), ("mlp.down_proj.", None),  # down_proj: fc2 (MLP) or w3 (SwiGLU)
-]
-
-def hf_vit_to_official(sd:dict[str, Tensor], config:dict) -> dict[str, Tensor]:
-    "Convert a Hugging Face `DINOv3ViTModel` state dict to Meta's layout."
-    sd = {re.sub(r"^(model\.|dinov3\.)", "", k): v for k, v in sd.items()}
-    gated, D = bool(config.get("use_gated_mlp")), config["hidden_size"]
-    out = {"cls_token": sd["embeddings.cls_token"], "mask_token": sd["embeddings.mask_token"].reshape(1, D),
-           "patch_embed.proj.weight": sd["embeddings.patch_embeddings.weight"],
-           "patch_embed.proj.bias": sd["embeddings.patch_embeddings.bias"],
-           "norm.weight": sd["norm.weight"], "norm.bias": sd["norm.bias"]}
-    if "embeddings.register_tokens" in sd: out["storage_tokens"] = sd["embeddings.register_tokens"]
-    n_layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"layer\.(\d+)\.", k)))
-    for i in range(n_layers):
-        p, q = f"layer.{i}.", f"blocks.{i}."
-        blk = {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
-        a = "attention."
-        out[q + "attn.qkv.weight"] = torch.cat([blk[a + f"{n}_proj.weight"] for n in "qkv"])
-        if a + "q_proj.bias" in blk:
-            zeros = torch.zeros_like(blk[a + "q_proj.bias"])
-            out[q + "attn.qkv.bias"] = torch.cat([blk[a + "q_proj.bias"], blk.get(a + "k_proj.bias", zeros), blk[a + "v_proj.bias"]])
-            out[q + "attn.qkv.bias_mask"] = torch.cat([torch.ones_like(zeros), zeros, torch.ones_like(zeros)])
-        for k, v in blk.items():
-            for src, dst in _HF_VIT_RENAMES:
-                if k.startswith(src):
-                    dst = dst or ("mlp.w3." if gated else "mlp.fc2.")
-                    out[q + dst + k[len(src):]] = v
-            if k.startswith("mlp.up_proj."): out[q + ("mlp.w2." if gated else "mlp.fc1.") + k[len("mlp.up_proj."):]] = v
-    head_dim = D // config["num_attention_heads"]
-    out["rope_embed.periods"] = rope_periods(head_dim, base=float(config.get("rope_theta", 100.0)))
-    return out
-
-def hf_vit_config(config:dict, sd:dict[str, Tensor]) -> ViTConfig:
-    "Translate a Hugging Face `DINOv3ViTConfig` (as a dict) to our `ViTConfig`."
-    D, hidden = config["hidden_size"], config["intermediate_size"]
-    gated = bool(config.get("use_gated_mlp"))
-    if gated and config.get("hidden_act", "gelu") != "silu":
-        raise CheckpointFormatError(f"gated MLP with hidden_act={config.get('hidden_act', 'gelu')!r}: DINOv3's SwiGLU uses "
-                                    "silu (released Hugging Face configs say so); this checkpoint is not a DINOv3 SwiGLU model")
-    ffn_layer, ffn_ratio = _swiglu_ratio(D, hidden) if gated else ("mlp", hidden / D)
-    eps = config.get("layer_norm_eps", 1e-5)
-    return ViTConfig(patch_size=config.get("patch_size", 16), embed_dim=D, depth=config["num_hidden_layers"],
-                     num_heads=config["num_attention_heads"], ffn_layer=ffn_layer, ffn_ratio=ffn_ratio,
-                     n_storage_tokens=config.get("num_register_tokens", 0),
-                     layerscale_init=config.get("layerscale_value", 1.0),
-                     qkv_bias=bool(config.get("query_bias", True)), mask_k_bias=bool(config.get("query_bias", True)),
-                     proj_bias=bool(config.get("proj_bias", True)), ffn_bias=bool(config.get("mlp_bias", True)),
-                     norm_layer="layernormbf16" if abs(eps - 1e-5) < 1e-9 else "layernorm",
-                     pos_embed_rope_base=float(config.get("rope_theta", 100.0)), pos_embed_rope_dtype="fp32",
-                     pos_embed_rope_rescale_coords=config.get("pos_embed_rescale"),
-                     pos_embed_rope_shift_coords=config.get("pos_embed_shift"),
-                     pos_embed_rope_jitter_coords=config.get("pos_embed_jitter"))
-
-# %% ../../nbs/04_models.checkpoints.ipynb #076248db
-def _swiglu_ratio(D:int, hidden:int) -> tuple[str, float]:
-    "Find an FFN name and ratio whose SwiGLU hidden width at width `D` is `hidden`."
-    for name, align in (("swiglu", 8), ("swiglu32", 32), ("swiglu64", 64), ("swiglu128", 128)):
-        for ratio in (6.0, 3.0, 4.0, hidden * 3 / (2 * D), (hidden * 3 / 2 + 1) / D):
-            if swiglu_hidden_dim(int(D * ratio), align) == hidden: return name, ratio
-    raise CheckpointFormatError(f"cannot express a SwiGLU hidden width {hidden} at width {D}")
-
-# %% ../../nbs/04_models.checkpoints.ipynb #0f84d25f
-_HF_CNX = [("depthwise_conv.", "dwconv."), ("layer_norm.", "norm."), ("pointwise_conv1.", "pwconv1."),
-           ("pointwise_conv2.", "pwconv2."), ("gamma", "gamma")]
-
-def hf_convnext_to_official(sd:dict[str, Tensor]) -> dict[str, Tensor]:
-    "Convert a Hugging Face `DINOv3ConvNextModel` state dict to Meta's layout."
-    sd = {re.sub(r"^(model\.|dinov3\.)", "", k): v for k, v in sd.items()}
-    out = {}
-    for k, v in sd.items():
-        if m := re.match(r"stages\.(\d+)\.downsample_layers\.(\d+)\.(.+)", k):
-            out[f"downsample_layers.{m[1]}.{m[2]}.{m[3]}"] = v
-        elif m := re.match(r"stages\.(\d+)\.layers\.(\d+)\.(.+)", k):
-            rest = m[3]
-            for src, dst in _HF_CNX:
-                if rest.startswith(src): out[f"stages.{m[1]}.{m[2]}.{dst}{rest[len(src):]}"] = v
-        elif k.startswith("layer_norm."):
-            out["norm." + k[11:]] = v; out["norms.3." + k[11:]] = v
-    return out
-
-def official_to_hf_convnext(sd:dict[str, Tensor]) -> dict[str, Tensor]:
-    "Convert our ConvNeXt state dict to Hugging Face's layout."
-    out = {}
-    for k, v in sd.items():
-        if m := re.match(r"downsample_layers\.(\d+)\.(\d+)\.(.+)", k): out[f"model.stages.{m[1]}.downsample_layers.{m[2]}.{m[3]}"] = v
-        elif m := re.match(r"stages\.(\d+)\.(\d+)\.(.+)", k):
-            for dst, src in _HF_CNX:
-                if m[3].startswith(src): out[f"model.stages.{m[1]}.layers.{m[2]}.{dst}{m[3][len(src):]}"] = v
-        elif k.startswith("norm."): out["layer_norm." + k[5:]] = v
-    return out
-
-_TIMM = [("reg_token", "storage_tokens"), (".gamma_1", ".ls1.gamma"), (".gamma_2", ".ls2.gamma"),
-         (".mlp.fc1_g.", ".mlp.w1."), (".mlp.fc1_x.", ".mlp.w2.")]
-
-def timm_vit_to_official(sd:dict[str, Tensor], num_heads:int|None=None) -> dict[str, Tensor]:
-    "Convert a timm `vit_*_dinov3` state dict to Meta's layout."
-    swiglu = any(".mlp.fc1_g." in k for k in sd)
-    out = {}
-    for k, v in sd.items():
-        if k.startswith(("head.", "fc_norm.")): continue
-        for src, dst in _TIMM: k = k.replace(src, dst)
-        if swiglu: k = k.replace(".mlp.fc2.", ".mlp.w3.")
-        if m := re.match(r"(blocks\.\d+\.attn\.)(q|v)_bias$", k):
-            if m[2] == "q":  # fuse q, (zero) k and v biases once, when meeting q
-                q, v_ = sd[m[1] + "q_bias"], sd[m[1] + "v_bias"]
-                z = torch.zeros_like(q)
-                out[m[1] + "qkv.bias"] = torch.cat([q, z, v_])
-                out[m[1] + "qkv.bias_mask"] = torch.cat([torch.ones_like(z), z, torch.ones_like(z)])
-            continue
-        out[k] = v
-    D = out["cls_token"].shape[-1]
-    out.setdefault("mask_token", torch.zeros(1, D))
-    heads = num_heads or _default_heads(D)
-    out["rope_embed.periods"] = rope_periods(D // heads, base=100.0)
-    return out
-
-def _default_heads(D:int) -> int:
-    "Heads of a released model of width `D` (head width 64, 128 for the 7B)."
-    return D // (128 if D == 4096 else 64)
-
-def official_to_timm_vit(sd:dict[str, Tensor]) -> dict[str, Tensor]:
-    "Convert our ViT state dict to timm's `vit_*_dinov3` layout."
-    swiglu = any(".mlp.w1." in k for k in sd)
-    out = {}
-    for k, v in sd.items():
-        if k in ("mask_token", "rope_embed.periods") or k.endswith("bias_mask"): continue
-        if m := re.match(r"(blocks\.\d+\.attn\.)qkv\.bias$", k):
-            q, _, vb = v.chunk(3); out[m[1] + "q_bias"], out[m[1] + "v_bias"] = q, vb; continue
-        for dst, src in _TIMM: k = k.replace(src, dst)
-        if swiglu: k = k.replace(".mlp.w3.", ".mlp.fc2.")
-        out[k] = v
-    return out
-
-# %% ../../nbs/04_models.checkpoints.ipynb #0e3f1947
-def infer_config(sd:dict[str, Tensor]) -> ViTConfig|ConvNeXtConfig:
-    "Infer the model config from a state dict in Meta's layout."
-    if "downsample_layers.0.0.weight" in sd:
-        dims = tuple(sd[f"downsample_layers.{i}.{0 if i == 0 else 1}.weight"].shape[0] for i in range(4))
-        depths = tuple(1 + max(int(k.split(".")[2]) for k in sd if k.startswith(f"stages.{i}.")) for i in range(4))
-        return ConvNeXtConfig(depths=depths, dims=dims)
-    w = sd["patch_embed.proj.weight"]
-    D, p = w.shape[0], w.shape[-1]
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    head_dim = 4 * sd["rope_embed.periods"].shape[0] if "rope_embed.periods" in sd else D // _default_heads(D)
-    b = "blocks.0."
-    if b + "mlp.fc1.weight" in sd: ffn_layer, ffn_ratio = "mlp", sd[b + "mlp.fc1.weight"].shape[0] / D
-    else: ffn_layer, ffn_ratio = _swiglu_ratio(D, sd[b + "mlp.w1.weight"].shape[0])
-    return ViTConfig(
-        patch_size=p, in_chans=w.shape[1], embed_dim=D, depth=depth, num_heads=D // head_dim,
-        ffn_layer=ffn_layer, ffn_ratio=ffn_ratio, qkv_bias=b + "attn.qkv.bias" in sd,
-        mask_k_bias=b + "attn.qkv.bias_mask" in sd, proj_bias=b + "attn.proj.bias" in sd,
-        ffn_bias=any(k.startswith(b + "mlp.") and k.endswith(".bias") for k in sd),
-        layerscale_init=1e-5 if b + "ls1.gamma" in sd else None,
-        norm_layer="layernormbf16" if "norm.bias" in sd else "rmsnorm",
-        n_storage_tokens=sd["storage_tokens"].shape[1] if "storage_tokens" in sd else 0,
-        untie_cls_and_patch_norms="cls_norm.weight" in sd, untie_global_and_local_cls_norm="local_cls_norm.weight" in sd,
-        pos_embed_rope_dtype="fp32", pos_embed_rope_rescale_coords=2.0)
-
-def _ffn_width(cfg:ViTConfig) -> tuple[str, int]:
-    "The FFN kind and hidden width a config builds (different names can build the same SwiGLU)."
-    hidden = int(cfg.embed_dim * cfg.ffn_ratio)
-    if cfg.ffn_layer == "mlp": return "mlp", hidden
-    return "swiglu", swiglu_hidden_dim(hidden, {"swiglu": 8}.get(cfg.ffn_layer) or int(cfg.ffn_layer[6:]))
-
-def match_preset(cfg:ViTConfig|ConvNeXtConfig, dataset:str|None=None) -> str|None:
-    "Return the released backbone whose architecture is `cfg` (and whose dataset is `dataset`, if given)."
-    from dinov3nb.models.backbones import PRESETS
-    for name, pre in PRESETS.items():
-        if dataset and pre.dataset != dataset: continue
-        ref = pre.config()
-        if type(ref) is not type(cfg): continue
-        fields = (("embed_dim", "depth", "num_heads", "n_storage_tokens", "qkv_bias",
-                   "untie_global_and_local_cls_norm") if isinstance(cfg, ViTConfig) else ("depths", "dims"))
-        if isinstance(cfg, ViTConfig) and _ffn_width(ref) != _ffn_width(cfg): continue
-        if all(tuple(getattr(ref, f)) == tuple(getattr(cfg, f)) if f in ("depths", "dims") else getattr(ref, f) == getattr(cfg, f)
-               for f in fields): return name
-    return None
-
 # %% ../../nbs/04_models.checkpoints.ipynb #743823e1
-def to_official(sd:dict[str, Tensor], info:dict) -> tuple[dict[str, Tensor], str]:
-    "Convert a state dict of any supported layout to Meta's layout; also return the layout's name."
-    fmt = detect_format(sd, info.get("hf_config"))
-    if fmt == "hf_vit": sd = hf_vit_to_official(sd, info["hf_config"] or {})
-    elif fmt == "hf_convnext": sd = hf_convnext_to_official(sd)
-    elif fmt == "timm_vit": sd = timm_vit_to_official(sd)
-    return sd, fmt
-
 def _dataset_of(info:dict, cfg) -> str:
     "Guess the pretraining dataset from metadata, file name, known hashes and architecture."
     meta = info.get("metadata") or {}
@@ -400,42 +193,6 @@ def save(model:nn.Module, path:str|Path) -> Path:
     return path
 
 # %% ../../nbs/04_models.checkpoints.ipynb #bcfda346
-def official_to_hf_vit(model:DinoVisionTransformer) -> tuple[dict[str, Tensor], dict]:
-    "Return Hugging Face `DINOv3ViTModel` tensors and `config.json` contents for our ViT."
-    cfg, sd = model.cfg, model.state_dict()
-    if cfg.untie_cls_and_patch_norms: raise CheckpointFormatError("Hugging Face DINOv3ViT has no separate cls_norm")
-    gated = cfg.ffn_layer != "mlp"
-    D = cfg.embed_dim
-    out = {"embeddings.cls_token": sd["cls_token"], "embeddings.mask_token": sd["mask_token"].reshape(1, 1, D),
-           "embeddings.patch_embeddings.weight": sd["patch_embed.proj.weight"],
-           "embeddings.patch_embeddings.bias": sd["patch_embed.proj.bias"],
-           "norm.weight": sd["norm.weight"], "norm.bias": sd["norm.bias"]}
-    if cfg.n_storage_tokens: out["embeddings.register_tokens"] = sd["storage_tokens"]
-    for i in range(cfg.depth):
-        p, q = f"blocks.{i}.", f"model.layer.{i}."
-        for n, w in zip("qkv", sd[p + "attn.qkv.weight"].chunk(3)): out[q + f"attention.{n}_proj.weight"] = w
-        if cfg.qkv_bias:
-            bq, _, bv = sd[p + "attn.qkv.bias"].chunk(3)
-            out[q + "attention.q_proj.bias"], out[q + "attention.v_proj.bias"] = bq, bv
-        ren = {"norm1.": "norm1.", "norm2.": "norm2.", "attn.proj.": "attention.o_proj.", "ls1.gamma": "layer_scale1.lambda1",
-               "ls2.gamma": "layer_scale2.lambda1", "mlp.fc1.": "mlp.up_proj.", "mlp.fc2.": "mlp.down_proj.",
-               "mlp.w1.": "mlp.gate_proj.", "mlp.w2.": "mlp.up_proj.", "mlp.w3.": "mlp.down_proj."}
-        for k, v in sd.items():
-            if not k.startswith(p): continue
-            for src, dst in ren.items():
-                if k[len(p):].startswith(src): out[q + dst + k[len(p) + len(src):]] = v
-    hidden = model.blocks[0].mlp.w1.out_features if gated else model.blocks[0].mlp.fc1.out_features
-    config = {"model_type": "dinov3_vit", "architectures": ["DINOv3ViTModel"], "hidden_size": D,
-              "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.num_heads, "intermediate_size": hidden,
-              "num_register_tokens": cfg.n_storage_tokens, "use_gated_mlp": gated, "patch_size": cfg.patch_size,
-              "num_channels": cfg.in_chans, "image_size": cfg.img_size, "hidden_act": "silu" if gated else "gelu",
-              "layer_norm_eps": 1e-5 if cfg.norm_layer == "layernormbf16" else 1e-6,
-              "layerscale_value": cfg.layerscale_init or 1.0, "rope_theta": cfg.pos_embed_rope_base,
-              "pos_embed_rescale": cfg.pos_embed_rope_rescale_coords, "pos_embed_shift": cfg.pos_embed_rope_shift_coords,
-              "pos_embed_jitter": cfg.pos_embed_rope_jitter_coords, "query_bias": cfg.qkv_bias, "key_bias": False,
-              "value_bias": cfg.qkv_bias, "proj_bias": cfg.proj_bias, "mlp_bias": cfg.ffn_bias}
-    return out, config
-
 def save_hf(model:nn.Module, directory:str|Path) -> Path:
     "Write `model` as a Hugging Face directory (`config.json` + `model.safetensors`) that transformers loads."
     from safetensors.torch import save_file

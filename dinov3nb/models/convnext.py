@@ -15,11 +15,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import StochasticDepth
 
 # %% auto #0
-__all__ = ['CONVNEXT_SIZES', 'LayerNorm2d', 'stem', 'downsample', 'Block', 'ConvNeXtConfig', 'pooled_cls_and_patches', 'ConvNeXt',
-           'get_intermediate_layers']
+__all__ = ['CONVNEXT_SIZES', 'LayerNorm2d', 'stem', 'downsample', 'DropPath', 'Block', 'ConvNeXtConfig', 'pooled_cls_and_patches',
+           'ConvNeXt', 'get_intermediate_layers']
 
 # %% ../../nbs/02_models.convnext.ipynb #e2dc35c7
 class LayerNorm2d(nn.LayerNorm):
@@ -41,6 +40,23 @@ def downsample(in_dim:int, out_dim:int) -> nn.Sequential:
     "Halve the resolution and go from `in_dim` to `out_dim` channels: `LayerNorm2d`, then 2×2 stride-2 conv."
     return nn.Sequential(LayerNorm2d(in_dim), nn.Conv2d(in_dim, out_dim, kernel_size=2, stride=2))
 
+# %% ../../nbs/02_models.convnext.ipynb #35b194db
+class DropPath(nn.Module):
+    "Stochastic depth: in training, zero each sample of `x` with probability `p` and scale the kept ones by 1/(1-p)."
+    def __init__(self, p:float=0.0): # probability of dropping a sample's update
+        super().__init__()
+        if not 0.0 <= p <= 1.0: raise ValueError(f"drop probability has to be between 0 and 1, got {p}")
+        self.p = p
+
+    def forward(self, x:Tensor) -> Tensor:
+        if not self.training or self.p == 0.0: return x
+        keep = 1.0 - self.p
+        mask = torch.empty([x.shape[0]] + [1] * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)  # [B, 1, 1, 1]
+        if keep > 0.0: mask.div_(keep)
+        return x * mask
+
+    def extra_repr(self) -> str: return f"p={self.p}"
+
 # %% ../../nbs/02_models.convnext.ipynb #0515606a
 class Block(nn.Module):
     "ConvNeXt block: depthwise 7×7 conv, LayerNorm, 4× MLP with GELU, LayerScale `gamma`, stochastic depth."
@@ -56,7 +72,7 @@ class Block(nn.Module):
         self.act = nn.GELU()
         self.pwconv2 = nn.Linear(4 * dim, dim)
         self.gamma = nn.Parameter(torch.full((dim,), layer_scale_init_value)) if layer_scale_init_value > 0 else None
-        self.drop_path = StochasticDepth(drop_path, mode="row")
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x:Tensor) -> Tensor:
         y = self.dwconv(x).permute(0, 2, 3, 1)      # [B, C, H, W] -> [B, H, W, C]
