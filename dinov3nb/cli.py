@@ -292,7 +292,7 @@ def main(argv:list[str]|None=None) -> int:
         from dinov3nb.eval.cli import eval_main
         return eval_main(argv[1:])
     if argv[:1] == ["train"]:  # its own parser (10_train), configs from presets/YAML and key=value overrides
-        from dinov3nb.train.trainer import train_main
+        from dinov3nb.train.run import train_main
         return train_main(argv[1:])
     if argv[:1] == ["submit"]:  # its own parser (17_train.submit): SLURM or local jobs through submitit
         from dinov3nb.train.submit import submit_main

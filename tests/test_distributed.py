@@ -104,7 +104,7 @@ def test_shard_rows_cover_batch():
 
 # ---- the trainer on 2 ranks (torchrun) against 1 process with the same global batch -------------------------------
 
-TRAIN = "import sys; from dinov3nb.train.trainer import train_main; sys.exit(train_main(sys.argv[1:]))"
+TRAIN = "import sys; from dinov3nb.train.run import train_main; sys.exit(train_main(sys.argv[1:]))"
 
 
 def torchrun(out, *overrides, nproc=W, resume=False, **popen):
@@ -119,7 +119,8 @@ def torchrun(out, *overrides, nproc=W, resume=False, **popen):
 
 
 def single_process(out, *overrides):
-    from dinov3nb.train.trainer import Trainer, load_config
+    from dinov3nb.train.run import load_config
+    from dinov3nb.train.trainer import Trainer
     return Trainer(load_config("tiny_pretrain", [f"run.output_dir={out}", *overrides])).fit()
 
 
@@ -134,7 +135,7 @@ def max_rel(a:dict, b:dict) -> float:
 
 def final(out) -> dict:
     "The full state of the newest checkpoint (a `.pt` file, or the folder of a sharded FSDP2 checkpoint gathered)."
-    from dinov3nb.train.trainer import checkpoints
+    from dinov3nb.train.checkpointing import checkpoints
     from dinov3nb.models.checkpoints import read_checkpoint
     return read_checkpoint(checkpoints(out)[-1])
 
@@ -206,7 +207,7 @@ def test_submit_local_two_tasks_checkpoint_loads(tmp_path, capsys):
     pytest.importorskip("submitit")
     import dinov3nb
     from dinov3nb.train.submit import submit_main
-    from dinov3nb.train.trainer import checkpoints, export_backbone
+    from dinov3nb.train.checkpointing import checkpoints, export_backbone
     out = tmp_path / "run"
     assert submit_main(["--local", "--gpus-per-node", "0", "--tasks-per-node", "2", "--time", "10",
                         "--config", "tiny_pretrain", f"run.output_dir={out}", "run.iterations=3", "data.batch_size=4"]) == 0
@@ -244,7 +245,7 @@ def test_fsdp2_matches_replicated_run(fsdp_run, two_ranks):
     print(f"FSDP2 vs replicated: loss {rel:.2e}, weights {w:.2e}")
     assert len(got) == ITERS and rel <= 1e-5 and w <= 1e-4
     # one sharded folder per checkpoint: both ranks' shards, their random states, no temporary folder left
-    from dinov3nb.train.trainer import checkpoints
+    from dinov3nb.train.checkpointing import checkpoints
     assert [p.name for p in checkpoints(out)] == ["checkpoint_0000005", f"checkpoint_{ITERS:07d}"]
     assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "rng_rank0.pt", "rng_rank1.pt", "trainer_state.pt"} <= {
         p.name for p in checkpoints(out)[-1].iterdir()}
@@ -253,7 +254,7 @@ def test_fsdp2_matches_replicated_run(fsdp_run, two_ranks):
 
 
 def test_fsdp2_killed_then_resumed_match(fsdp_run, tmp_path):
-    from dinov3nb.train.trainer import checkpoints, consolidate_checkpoint, export_backbone
+    from dinov3nb.train.checkpointing import checkpoints, consolidate_checkpoint, export_backbone
     import dinov3nb
     out = tmp_path / "run"
     args = (*FSDP, "run.max_to_keep=1")

@@ -15,8 +15,10 @@ import torch
 
 from dinov3nb.models.checkpoints import load
 from dinov3nb.train.multidistill import MultiTrainer, peer_ranks, split_ranks
-from dinov3nb.train.trainer import (PRESETS, ConfigError, Trainer, checkpoints, export_backbone, load_config, student_config,
-                            train_main)
+from dinov3nb.train.checkpointing import checkpoints, export_backbone
+from dinov3nb.train.config import PRESETS, ConfigError, student_config
+from dinov3nb.train.run import load_config, train_main
+from dinov3nb.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENTS = ("narrow", "wide")
@@ -141,7 +143,7 @@ def test_cli_tiny_multidistill_learns(tmp_path, capsys):
 
 # ---- several processes --------------------------------------------------------------------------------------------
 
-TRAIN = "import sys; from dinov3nb.train.trainer import train_main; sys.exit(train_main(sys.argv[1:]))"
+TRAIN = "import sys; from dinov3nb.train.run import train_main; sys.exit(train_main(sys.argv[1:]))"
 
 
 def free_port() -> int:

@@ -15,7 +15,10 @@ import torch
 
 from dinov3nb.models.checkpoints import load, save
 from dinov3nb.eval.cli import eval_main
-from dinov3nb.train.trainer import (PRESETS, ConfigError, Trainer, checkpoints, export_backbone, load_config, train_main)
+from dinov3nb.train.checkpointing import checkpoints, export_backbone
+from dinov3nb.train.config import PRESETS, ConfigError
+from dinov3nb.train.run import load_config, train_main
+from dinov3nb.train.trainer import Trainer
 from dinov3nb.models.vit import DinoVisionTransformer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +120,7 @@ def test_resume_refuses_other_config(pretrained, tmp_path):
 
 
 def _child(out: Path, *extra: str) -> list[str]:
-    code = "import sys; from dinov3nb.train.trainer import train_main; sys.exit(train_main(sys.argv[1:]))"
+    code = "import sys; from dinov3nb.train.run import train_main; sys.exit(train_main(sys.argv[1:]))"
     return [sys.executable, "-c", code, "--config", "tiny_pretrain", f"run.output_dir={out}", "run.iterations=40",
             "run.checkpoint_period=5", "run.max_to_keep=20", *extra]
 

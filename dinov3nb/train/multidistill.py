@@ -19,8 +19,10 @@ from torch import Tensor, nn
 from .distributed import is_distributed, rank, world_size, shard_rows, koleo_group
 from .losses import sinkhorn_knopp
 from .ssl_step import teacher_targets
-from .trainer import (TrainConfig, Trainer, ConfigError, validate, student_config, make_loader, checkpoints,
-                            rng_state, set_rng_state, _load_distill_teacher)
+from .config import TrainConfig, ConfigError, validate, student_config
+from .loader import make_loader
+from .checkpointing import checkpoints, rng_state, set_rng_state
+from .trainer import Trainer, _load_distill_teacher
 
 # %% auto #0
 __all__ = ['split_ranks', 'peer_ranks', 'Placement', 'place_students', 'teacher_features', 'assemble_features',

@@ -12,7 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .trainer import ConfigError, load_config, train_main
+from .config import ConfigError
+from .run import load_config, train_main
 
 # %% auto #0
 __all__ = ['TrainJob', 'submit', 'submit_main']

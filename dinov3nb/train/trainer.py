@@ -7,434 +7,29 @@ Docs: https://dinov3nb.github.io/dinov3nb/train.html.md"""
 # %% ../../nbs/10_train.ipynb #1979a7ed
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
 import random
-import re
 import shutil
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data import CropConfig, MaskConfig, MultiCropAugmentation, MultiCropCollate, ImageFolderDataset, mask_batch_fields
-from .losses import DINOHead
-from .optim import (OptimConfig, TeacherConfig, GramTeacherConfig, ScheduleSpec, ScheduleSpecs, LossWeightSchedules, build_schedules,
-                            param_groups, apply_optim_schedule, ema_update, gram_refresh_due,
-                            refresh_gram_teacher, clip_grad_per_module, NanGuard)
+from .optim import (build_schedules, param_groups, apply_optim_schedule, ema_update, gram_refresh_due,
+                                  refresh_gram_teacher, clip_grad_per_module, NanGuard)
 from .ssl_step import SSLLossConfig, ssl_model, ssl_forward_backward
-from .distributed import rank, world_size, init_distributed, average_gradients, mean_over_ranks, shard_rows, fully_shard_ssl_model, reshard
-from ..models.vit import DinoVisionTransformer, ViTConfig
-from ..models.checkpoints import read_checkpoint
+from .distributed import rank, world_size, average_gradients, mean_over_ranks, fully_shard_ssl_model, reshard
+from .config import TrainConfig, ConfigError, config_from_dict, config_to_dict, validate
+from .loader import make_dataset, make_loader
+from .checkpointing import rng_state, set_rng_state, save_atomic, checkpoints, save_sharded, load_sharded
+from ..models.vit import DinoVisionTransformer
 
 # %% auto #0
-__all__ = ['PRESETS', 'HeadConfig', 'DataConfig', 'Resolution', 'InitConfig', 'StudentSpec', 'DistillConfig', 'RunConfig',
-           'TrainConfig', 'ConfigError', 'config_from_dict', 'config_to_dict', 'merge_dicts', 'student_config',
-           'validate', 'preset_pretrain', 'preset_gram', 'preset_highres', 'preset_distill', 'preset_tiny_pretrain',
-           'preset_tiny_gram', 'preset_tiny_highres', 'preset_tiny_distill', 'preset_multidistill',
-           'preset_tiny_multidistill', 'StepBatches', 'SeededCrops', 'SeededCollate', 'make_dataset', 'make_loader',
-           'Models', 'build_models', 'rng_state', 'set_rng_state', 'save_atomic', 'checkpoints', 'Trainer',
-           'consolidate_checkpoint', 'export_backbone', 'load_config', 'train_main']
-
-# %% ../../nbs/10_train.ipynb #81a969b0
-@dataclass
-class HeadConfig:
-    "A DINO or iBOT head; names and defaults of the official `dino:` / `ibot:` head keys."
-    head_n_prototypes:int=65536 # K
-    head_bottleneck_dim:int=256
-    head_nlayers:int=3
-    head_hidden_dim:int=2048
-
-    def build(self, in_dim:int) -> DINOHead:
-        return DINOHead(in_dim, self.head_n_prototypes, nlayers=self.head_nlayers, hidden_dim=self.head_hidden_dim,
-                        bottleneck_dim=self.head_bottleneck_dim)
-
-@dataclass
-class DataConfig:
-    "Where the images come from and how many per step."
-    dataset:str="shapesworld" # "shapesworld" (procedural, offline) or a folder of images
-    n_images:int=1000 # ShapesWorld: dataset length
-    image_size:int=64 # ShapesWorld: image side (px)
-    batch_size:int=64 # B per step (official `train.batch_size_per_gpu`)
-    num_workers:int=0 # DataLoader worker processes
-
-@dataclass
-class Resolution:
-    "One crop-size mix of high-resolution adaptation, drawn for a step with probability proportional to `ratio`."
-    global_crops_size:int
-    local_crops_size:int
-    gram_teacher_crops_size:int|None=None
-    ratio:float=1.0
-
-@dataclass
-class InitConfig:
-    "Starting weights: continued pretraining from any backbone `dinov3nb.load` reads."
-    backbone:str|None=None # checkpoint of the backbone to start student and teacher from (fresh heads)
-    head_warmup_iters:int=0 # first iterations train only the heads, with the backbone frozen
-
-@dataclass
-class StudentSpec:
-    "One student of a multi-student distillation: its name and what it changes in the run's `student` and `optim`."
-    name:str # output subfolder `run.output_dir/<name>/`
-    student:dict=field(default_factory=dict) # `student` keys that differ from the run's, e.g. {embed_dim: 384, depth: 12, num_heads: 6}
-    optim:dict=field(default_factory=dict) # `optim` keys that differ from the run's, e.g. {lr: 5e-4} (not the run's length)
-
-@dataclass
-class DistillConfig:
-    "Distillation: the student learns from a frozen teacher instead of its own EMA."
-    enabled:bool=False
-    teacher:str|None=None # training checkpoint (this trainer's) holding the teacher's backbone and heads
-    students:list[StudentSpec]|None=None # several students at once from one teacher (`dinov3nb.train.multidistill`); None: `student`
-
-@dataclass
-class RunConfig:
-    "The run: output folder, length, checkpoints, logging, seed and device."
-    output_dir:str="runs/dinov3"
-    iterations:int|None=None # stop after this many iterations; None: optim.epochs x optim.epoch_length
-    checkpoint_period:int=1000 # save every this many iterations (and at the end)
-    max_to_keep:int=3 # checkpoints kept on disk
-    seed:int=0
-    device:str="cpu" # "cpu" or "cuda" (each rank of a multi-GPU run takes GPU LOCAL_RANK)
-    strategy:Literal["ddp", "fsdp"]="ddp" # several ranks: replicate the student (gradients averaged) or shard it (FSDP2)
-    progress:bool=True # tqdm progress bar
-    tensorboard:bool=False # rank 0 also writes every metric as a TensorBoard scalar to `output_dir/tensorboard`
-    max_nan_losses:int=3 # stop after this many non-finite losses in a row
-
-@dataclass
-class TrainConfig:
-    "Everything a training run needs."
-    student:ViTConfig=field(default_factory=ViTConfig)
-    dino:HeadConfig=field(default_factory=HeadConfig)
-    ibot:HeadConfig=field(default_factory=HeadConfig)
-    loss:SSLLossConfig=field(default_factory=SSLLossConfig)
-    crops:CropConfig=field(default_factory=CropConfig)
-    masks:MaskConfig=field(default_factory=MaskConfig)
-    optim:OptimConfig=field(default_factory=OptimConfig)
-    teacher:TeacherConfig=field(default_factory=TeacherConfig)
-    gram:GramTeacherConfig=field(default_factory=GramTeacherConfig)
-    data:DataConfig=field(default_factory=DataConfig)
-    resolutions:list[Resolution]|None=None # high-resolution adaptation: per-step crop-size mixes
-    init:InitConfig=field(default_factory=InitConfig)
-    distill:DistillConfig=field(default_factory=DistillConfig)
-    run:RunConfig=field(default_factory=RunConfig)
-
-    @property
-    def iterations(self) -> int: return self.run.iterations or self.optim.total_iters
-
-# %% ../../nbs/10_train.ipynb #4a2d7726
-class ConfigError(ValueError): "A training config is invalid; the message names the key."
-
-def _check(value, tp, path:str):
-    "Return `value` converted to type `tp`, or raise `ConfigError` naming `path`."
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args: return None
-        errors = []
-        for a in (a for a in args if a is not type(None)):
-            try: return _check(value, a, path)
-            except ConfigError as e: errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}={value!r} does not fit {tp}")
-    if origin is Literal:
-        if value in args: return value
-        raise ConfigError(f"{path}={value!r}; choose one of {', '.join(map(repr, args))}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp): return value
-        if not isinstance(value, dict): raise ConfigError(f"{path} must be a mapping of {tp.__name__} fields, got {value!r}")
-        return config_from_dict(value, tp, path + ".")
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)): raise ConfigError(f"{path}={value!r} must be a list")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args): raise ConfigError(f"{path}={value!r} needs {len(args)} values")
-            return tuple(_check(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        return origin(_check(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
-    if tp is dict or origin is dict:  # free-form overrides, checked where they are applied (`student_config`)
-        if isinstance(value, dict): return dict(value)
-        raise ConfigError(f"{path}={value!r} must be a mapping of keys to values")
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool): return float(value)
-    if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)): return value
-    raise ConfigError(f"{path}={value!r} has the wrong type: expected {getattr(tp, '__name__', tp)}")
-
-def config_from_dict(d:dict, cls:type=TrainConfig, prefix:str="") -> typing.Any:
-    "Build dataclass `cls` from nested dict `d`, rejecting unknown keys and wrong types by their dotted path."
-    hints, fields = typing.get_type_hints(cls), {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - fields)
-    if unknown: raise ConfigError(f"unknown config key {prefix}{unknown[0]}; valid keys{' of ' + prefix[:-1] if prefix else ''}: "
-                                  f"{', '.join(sorted(fields))}")
-    kw = {k: _check(v, hints[k], prefix + k) for k, v in d.items()}
-    try: return cls(**kw)
-    except ConfigError: raise
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{prefix[:-1] or cls.__name__}: {e}") from None
-
-def config_to_dict(cfg) -> dict:
-    "Nested plain dict (lists for tuples) of a config dataclass."
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-def merge_dicts(base:dict, over:dict) -> dict:
-    "Recursively update a copy of `base` with `over`."
-    out = dict(base)
-    for k, v in over.items(): out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-# %% ../../nbs/10_train.ipynb #19e6e262
-def _crop_sizes(cfg:TrainConfig) -> list[tuple[str, int|None]]:
-    sizes = [("crops.global_crops_size", cfg.crops.global_crops_size), ("crops.local_crops_size", cfg.crops.local_crops_size),
-             ("crops.gram_teacher_crops_size", cfg.crops.gram_teacher_crops_size)]
-    for i, r in enumerate(cfg.resolutions or []):
-        sizes += [(f"resolutions[{i}].{k}", getattr(r, k)) for k in ("global_crops_size", "local_crops_size", "gram_teacher_crops_size")]
-    return sizes
-
-def student_config(cfg:TrainConfig, i:int) -> TrainConfig:
-    "The one-student distillation config of student `i` of `cfg.distill.students`, writing to `run.output_dir/<name>/`."
-    spec, key = cfg.distill.students[i], f"distill.students[{i}]"
-    fixed = sorted(set(spec.optim) & {"epochs", "epoch_length"})
-    if fixed: raise ConfigError(f"{key}.optim.{fixed[0]}: all students train for the run's length; set optim.{fixed[0]} instead")
-    out = copy.deepcopy(cfg)
-    out.student = config_from_dict(merge_dicts(config_to_dict(cfg.student), spec.student), ViTConfig, f"{key}.student.")
-    out.optim = config_from_dict(merge_dicts(config_to_dict(cfg.optim), spec.optim), OptimConfig, f"{key}.optim.")
-    temps = [o.schedules.teacher_temp if o.schedules else None for o in (cfg.optim, out.optim)]
-    if temps[0] != temps[1]: raise ConfigError(f"{key}.optim.schedules.teacher_temp: the students share the teacher's targets, "
-                                               "so they share its temperature; set optim.schedules.teacher_temp instead")
-    out.distill.students, out.run.output_dir = None, str(Path(cfg.run.output_dir) / spec.name)
-    return out
-
-def _validate_students(cfg:TrainConfig):
-    names = [s.name for s in cfg.distill.students]
-    if not names: raise ConfigError("distill.students is empty: list the students, or set it to null to train `student` alone")
-    if not cfg.distill.enabled: raise ConfigError("distill.students needs distill.enabled=true and distill.teacher")
-    for i, n in enumerate(names):
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", n):
-            raise ConfigError(f"distill.students[{i}].name={n!r} must be a folder name (letters, digits, '_', '.', '-')")
-    dup = next((n for n in names if names.count(n) > 1), None)
-    if dup: raise ConfigError(f"distill.students: two students are named {dup!r}; each writes to its own subfolder")
-    for i, n in enumerate(names):
-        try: validate(student_config(cfg, i))
-        except ConfigError as e: raise ConfigError(f"distill.students[{i}] ({n}): {e}") from None
-
-def validate(cfg:TrainConfig) -> TrainConfig:
-    "Raise `ConfigError` naming the key when sections of `cfg` contradict each other."
-    p = cfg.student.patch_size
-    if cfg.crops.patch_size != p: raise ConfigError(f"crops.patch_size={cfg.crops.patch_size} differs from student.patch_size={p}")
-    for key, size in _crop_sizes(cfg):
-        if size is not None and (size < p or size % p):
-            raise ConfigError(f"{key}={size} is not a positive multiple of student.patch_size={p}")
-    if cfg.resolutions is not None and (not cfg.resolutions or any(r.ratio <= 0 for r in cfg.resolutions)):
-        raise ConfigError("resolutions must be a non-empty list with every ratio > 0")
-    g = cfg.gram
-    if g.use_loss:
-        gram_sizes = [r.gram_teacher_crops_size for r in cfg.resolutions] if cfg.resolutions else [cfg.crops.gram_teacher_crops_size]
-        if any(s is None for s in gram_sizes):
-            raise ConfigError("gram.use_loss=true needs crops.gram_teacher_crops_size (or one per resolutions[] entry)")
-        if g.ckpt is None and g.it_load_ema_teacher < 0:
-            raise ConfigError("gram.use_loss=true needs a Gram teacher: set gram.ckpt to a backbone checkpoint or "
-                              "gram.it_load_ema_teacher to the iteration at which to copy the EMA teacher")
-        if g.update_frequency < 1: raise ConfigError(f"gram.update_frequency={g.update_frequency} must be >= 1")
-    if cfg.distill.enabled and not cfg.distill.teacher:
-        raise ConfigError("distill.enabled=true needs distill.teacher: the training checkpoint of the teacher (backbone + heads)")
-    for key, path in (("gram.ckpt", g.ckpt), ("init.backbone", cfg.init.backbone), ("distill.teacher", cfg.distill.teacher)):
-        if path and not Path(path).expanduser().exists(): raise ConfigError(f"{key}={path!r}: no such file")
-    if cfg.data.batch_size < 2: raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be >= 2 (KoLeo needs 2 images)")
-    if cfg.iterations < 1: raise ConfigError(f"run.iterations={cfg.run.iterations} must be >= 1")
-    if cfg.run.checkpoint_period < 1: raise ConfigError(f"run.checkpoint_period={cfg.run.checkpoint_period} must be >= 1")
-    from importlib.util import find_spec
-    if cfg.run.tensorboard and find_spec("tensorboard") is None:
-        raise ConfigError("run.tensorboard=true needs the tensorboard package: pip install tensorboard "
-                          "(or pip install 'dinov3nb[train]'), or set run.tensorboard=false")
-    if cfg.distill.students is not None: _validate_students(cfg)
-    return cfg
-
-# %% ../../nbs/10_train.ipynb #458e54f3
-def _vitl() -> ViTConfig:
-    return ViTConfig(patch_size=16, embed_dim=1024, depth=24, num_heads=16, layerscale_init=1e-5, norm_layer="layernormbf16",
-                     n_storage_tokens=4, mask_k_bias=True, pos_embed_rope_rescale_coords=2.0, drop_path_rate=0.3)
-
-def _tiny(**kw) -> TrainConfig:
-    "The CPU base: tiny ViT, 256-prototype heads, 32/16 px crops of 64 px ShapesWorld, 30 iterations, sharp teacher (0.02)."
-    cfg = TrainConfig(
-        student=ViTConfig.tiny(patch_size=8, img_size=32),
-        dino=HeadConfig(256, 256, 3, 256), ibot=HeadConfig(256, 256, 3, 256),
-        crops=CropConfig(global_crops_size=32, local_crops_size=16, local_crops_number=2, patch_size=8),
-        optim=OptimConfig(epochs=3, epoch_length=10, lr=2e-3, warmup_epochs=1, freeze_last_layer_epochs=1, weight_decay_end=0.04,
-                          scaling_rule="none", layerwise_decay=0.9, clip_grad=3.0),
-        teacher=TeacherConfig(momentum_teacher=0.95, final_momentum_teacher=0.99, warmup_teacher_temp=0.02, teacher_temp=0.02,
-                              warmup_teacher_temp_epochs=0),
-        data=DataConfig(n_images=32, image_size=64, batch_size=8),
-        run=RunConfig(output_dir="runs/tiny", checkpoint_period=10, progress=False))
-    for k, v in kw.items(): setattr(cfg, k, v)
-    cfg.loss = dataclasses.replace(cfg.loss, koleo_distributed=True)  # same steps on any number of ranks
-    return cfg
-
-def _gram_7b(loss:SSLLossConfig) -> SSLLossConfig:
-    return dataclasses.replace(loss, gram_img_level=True, gram_loss_weight=2.0)
-
-def preset_pretrain() -> TrainConfig:
-    "Self-supervised pretraining with the official defaults (ViT-L, DINO + iBOT + KoLeo)."
-    return TrainConfig(student=_vitl(), crops=CropConfig(global_crops_size=256, local_crops_size=112))
-
-def preset_gram() -> TrainConfig:
-    "The 7B run with Gram anchoring (§4) from 1M iterations: Gram teacher on 2x crops without distortions, weight ramped to 2."
-    s = ScheduleSpecs(ScheduleSpec(0, 3e-5, 3e-5, 100, freeze_last_layer_epochs=5), ScheduleSpec(0.04, 0.04, 0.04),
-                      ScheduleSpec(0.999, 0.999, 0.999), ScheduleSpec(0.04, 0.07, 0.07, 100))
-    w = LossWeightSchedules(dino_local_loss_weight=ScheduleSpec(1, 1, 0.5, 1000, cosine_epochs=1),   # from 1M iterations
-                            gram_loss_weight=ScheduleSpec(0, 0, 2.0, 1000, cosine_epochs=1))
-    return TrainConfig(student=_vitl(), loss=_gram_7b(SSLLossConfig()),
-                       crops=CropConfig(global_crops_size=256, local_crops_size=112, gram_teacher_crops_size=512,
-                                        gram_teacher_no_distortions=True, horizontal_flips=False),
-                       optim=OptimConfig(epochs=1200, epoch_length=1000, clip_grad=30.0, layerwise_decay=0.98,
-                                         adamw_beta2=0.99, schedules=s, loss_weights=w),
-                       gram=GramTeacherConfig(use_loss=True, it_load_ema_teacher=1_000_000, update_frequency=10_000,
-                                              it_first_update=1_010_000, max_updates=3))
-
-def preset_highres() -> TrainConfig:
-    "High-resolution adaptation (§5.1): mixed global/local/Gram crop sizes up to 768/336/1152 px, constant schedules."
-    cfg = preset_gram()
-    cfg.loss = dataclasses.replace(cfg.loss, gram_loss_weight=1.5, dino_local_loss_weight=0.5)
-    cfg.resolutions = [Resolution(512, 112, 768, 0.3), Resolution(768, 112, 1152, 0.3), Resolution(768, 160, 1152, 0.3),
-                       Resolution(768, 224, 1152, 0.05), Resolution(768, 336, 1152, 0.05)]
-    cfg.optim = dataclasses.replace(cfg.optim, epochs=30, schedules=ScheduleSpecs(
-        ScheduleSpec(0, 0, 1.25e-5, 0, cosine_epochs=10), ScheduleSpec(0.04, 0.04, 0.04), ScheduleSpec(0.999, 0.999, 0.999),
-        ScheduleSpec(0.07, 0.07, 0.07)), loss_weights=None)  # the constant weights above (official: constant schedules)
-    cfg.gram = dataclasses.replace(cfg.gram, it_load_ema_teacher=0, rep_update=False)
-    cfg.data = dataclasses.replace(cfg.data, batch_size=8)
-    return cfg
-
-def preset_distill() -> TrainConfig:
-    "Distillation (§5.2): a ViT-L student learns from a frozen teacher checkpoint (set `distill.teacher`)."
-    cfg = TrainConfig(student=dataclasses.replace(_vitl(), drop_path_rate=0.0),
-                      crops=CropConfig(global_crops_size=256, local_crops_size=112, horizontal_flips=False),
-                      optim=OptimConfig(epochs=20, lr=2e-4, warmup_epochs=0, freeze_last_layer_epochs=0, weight_decay_end=0.2,
-                                        layerwise_decay=0.99),
-                      teacher=TeacherConfig(momentum_teacher=0.994, warmup_teacher_temp_epochs=120))
-    cfg.distill.enabled = True
-    return cfg
-
-def preset_tiny_pretrain() -> TrainConfig:
-    "CPU pretraining in seconds."
-    return _tiny()
-
-def preset_tiny_gram() -> TrainConfig:
-    "CPU Gram anchoring: the EMA teacher becomes the Gram teacher at the start and is refreshed every 10 iterations."
-    return _tiny(loss=_gram_7b(SSLLossConfig()),
-                 crops=CropConfig(global_crops_size=32, local_crops_size=16, local_crops_number=2, patch_size=8,
-                                  gram_teacher_crops_size=64, gram_teacher_no_distortions=True),
-                 gram=GramTeacherConfig(use_loss=True, it_load_ema_teacher=0, update_frequency=10))
-
-def preset_tiny_highres() -> TrainConfig:
-    "CPU high-resolution adaptation: each step draws 32/16 px or 48/24 px crops (Gram teacher at 2x)."
-    cfg = preset_tiny_gram()
-    cfg.resolutions = [Resolution(32, 16, 64, 0.5), Resolution(48, 24, 96, 0.5)]
-    cfg.loss = dataclasses.replace(cfg.loss, gram_loss_weight=1.5)
-    return cfg
-
-def preset_tiny_distill() -> TrainConfig:
-    "CPU distillation: a width-32 student learns from a tiny teacher checkpoint (set `distill.teacher`)."
-    cfg = _tiny(student=ViTConfig.tiny(patch_size=8, img_size=32, embed_dim=32))
-    cfg.distill.enabled = True
-    return cfg
-
-def preset_multidistill() -> TrainConfig:
-    "Multi-student distillation (§5.2): ViT-S/16, ViT-B/16 and ViT-L/16 learn at once from one frozen teacher (set `distill.teacher`)."
-    cfg = preset_distill()
-    cfg.distill.students = [StudentSpec("vits16", dict(embed_dim=384, depth=12, num_heads=6)),
-                            StudentSpec("vitb16", dict(embed_dim=768, depth=12, num_heads=12)), StudentSpec("vitl16")]
-    return cfg
-
-def preset_tiny_multidistill() -> TrainConfig:
-    "CPU multi-student distillation: width-32 and width-64 students learn from one tiny teacher checkpoint (set `distill.teacher`)."
-    cfg = preset_tiny_distill()
-    cfg.distill.students = [StudentSpec("narrow"), StudentSpec("wide", dict(embed_dim=64))]
-    return cfg
-
-PRESETS = {n[len("preset_"):]: f for n, f in list(globals().items()) if n.startswith("preset_")}
-
-# %% ../../nbs/10_train.ipynb #88349ff6
-def _seed(*keys:int) -> int:
-    "A 63-bit seed from integer keys."
-    return int(np.random.SeedSequence([k & 0xFFFFFFFF for k in keys]).generate_state(2, np.uint32).astype(np.uint64) @ [1, 2**31]) % 2**63
-
-class StepBatches(torch.utils.data.Sampler):
-    "Batches of `(image_seed, index, resolution)` keys for steps `start`, `start + 1`, ... `stop - 1`."
-    def __init__(self, n_images:int, batch_size:int, seed:int, start:int=0, stop:int=1, ratios:list[float]|None=None,
-                 rank:int=0, world_size:int=1): # this rank's share of a global batch of `batch_size * world_size`
-        self.n, self.b, self.seed, self.start, self.stop = n_images, batch_size, seed, start, stop
-        self.rank, self.B = rank, batch_size * world_size
-        self.ratios = np.asarray(ratios or [1.0], dtype=np.float64) / np.sum(ratios or [1.0])
-        self._perms:dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch:int) -> np.ndarray:
-        if epoch not in self._perms: self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
-        return self._perms[epoch]
-
-    def batch(self, step:int) -> list[tuple[int, int, int, int]]:
-        "This rank's keys `(image_seed, index, resolution, batch_seed)` of step `step`."
-        res = int(np.random.default_rng([self.seed, step, 7]).choice(len(self.ratios), p=self.ratios))
-        js = range(self.rank * self.b, (self.rank + 1) * self.b)  # this rank's slice of the global batch
-        pos = [step * self.B + j for j in js]
-        return [(_seed(self.seed, step, j), int(self._perm(p // self.n)[p % self.n]), res, _seed(self.seed, step, 0))
-                for j, p in zip(js, pos)]
-
-    def __iter__(self):
-        for step in range(self.start, self.stop): yield self.batch(step)
-    def __len__(self) -> int: return self.stop - self.start
-
-class SeededCrops(torch.utils.data.Dataset):
-    "Multi-crop views of `base[i]` (an `(image, label)` dataset) drawn under the key's seed."
-    def __init__(self, base, augmentations:list[MultiCropAugmentation]): self.base, self.augmentations = base, augmentations
-    def __len__(self) -> int: return len(self.base)
-    def __getitem__(self, key:tuple[int, int, int, int]):
-        seed, i, res, batch_seed = key
-        image = self.base[i][0]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.augmentations[res](image), (batch_seed, res)
-
-class SeededCollate:
-    "Collate with the collate function of the batch's resolution, masks drawn under a seed of the global batch."
-    def __init__(self, collates:list[MultiCropCollate], rank:int=0, world_size:int=1):
-        self.collates, self.rank, self.world_size = collates, rank, world_size
-    def __call__(self, samples:list) -> dict:
-        seed, res = samples[0][1]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed(seed, 1))
-            out = self.collates[res]([s[0] for s in samples])
-        if self.world_size > 1:  # masks were drawn for the global batch: keep this rank's rows
-            T = len(samples[0][0]["global_crops"])
-            masks = out["collated_masks"][shard_rows(out["collated_masks"].shape[0], T, self.rank, self.world_size)]
-            out |= {"collated_masks": masks, **mask_batch_fields(masks)}
-        return out
-
-# %% ../../nbs/10_train.ipynb #add11115
-def make_dataset(cfg:DataConfig, seed:int=0):
-    "The `(image, label)` dataset of `cfg.dataset`."
-    if cfg.dataset == "shapesworld":
-        from dinov3nb.shapesworld import ShapesWorld
-        return ShapesWorld(cfg.n_images, cfg.image_size, seed=seed)
-    try: return ImageFolderDataset(cfg.dataset)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e: raise ConfigError(f"data.dataset: {e}") from None
-
-def _crop_configs(cfg:TrainConfig) -> list[CropConfig]:
-    if not cfg.resolutions: return [cfg.crops]
-    return [dataclasses.replace(cfg.crops, global_crops_size=r.global_crops_size, local_crops_size=r.local_crops_size,
-                                gram_teacher_crops_size=r.gram_teacher_crops_size) for r in cfg.resolutions]
-
-def make_loader(cfg:TrainConfig, dataset, start:int=0, rank:int=0, world_size:int=1) -> torch.utils.data.DataLoader:
-    "A loader of rank `rank`'s share of the batches of steps `start` ... `cfg.iterations - 1`."
-    crops = _crop_configs(cfg)
-    ratios = [r.ratio for r in cfg.resolutions] if cfg.resolutions else None
-    B, W = cfg.data.batch_size, world_size
-    sampler = StepBatches(len(dataset), B, cfg.run.seed, start, cfg.iterations, ratios, rank, W)
-    collates = [MultiCropCollate(c, cfg.masks, world_size=W, local_batch_size=B * W if W > 1 else None) for c in crops]
-    return torch.utils.data.DataLoader(
-        SeededCrops(dataset, [MultiCropAugmentation(c) for c in crops]), batch_sampler=sampler,
-        collate_fn=SeededCollate(collates, rank, W), num_workers=cfg.data.num_workers,
-        generator=torch.Generator().manual_seed(cfg.run.seed), persistent_workers=False)
+__all__ = ['Models', 'build_models', 'Trainer']
 
 # %% ../../nbs/10_train.ipynb #de2aba0f
 @dataclass
@@ -493,37 +88,6 @@ def build_models(cfg:TrainConfig,
         _frozen(gram)
     dev = torch.device(cfg.run.device)
     return Models(*(m.to(dev) if m is not None else None for m in (student, ema, teacher, gram)))
-
-# %% ../../nbs/10_train.ipynb #420e5b4d
-def rng_state() -> dict:
-    "Python, NumPy and PyTorch random states as tensors and plain values."
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    out = {"python": random.getstate(), "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                                                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-           "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized(): out["cuda"] = torch.cuda.get_rng_state_all()
-    return out
-
-def set_rng_state(state:dict):
-    "Restore the random states saved by `rng_state`."
-    v, internal, g = state["python"]
-    random.setstate((v, tuple(internal), g))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state["cuda"])
-
-def save_atomic(obj:dict, path:Path) -> Path:
-    "`torch.save` to a temporary file beside `path`, then rename it into place."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
-
-def checkpoints(output_dir:str|Path) -> list[Path]:
-    "The complete checkpoints of a run, oldest first: `checkpoint_<iteration>.pt` files and sharded `checkpoint_<iteration>` folders."
-    return sorted(p for p in Path(output_dir).glob("checkpoint_*") if re.fullmatch(r"checkpoint_\d+(\.pt)?", p.name))
 
 # %% ../../nbs/10_train.ipynb #9771c829
 class Trainer:
@@ -594,6 +158,21 @@ def _load(self:Trainer, path:str|Path):
     set_rng_state(torch.load(path / f"rng_rank{self.rank}.pt", weights_only=True) if path.is_dir() else ck["rng"])
 
 Trainer._state, Trainer.save, Trainer.load = _state, _save, _load
+
+# %% ../../nbs/10_train.ipynb #f1d2f868
+def _save_sharded(self:Trainer, it:int) -> Path:
+    "Every rank writes its shards of the state after `it` iterations into the folder `checkpoint_<it>` (atomically)."
+    m = self.models
+    meta = {"iteration": it, "config": json.dumps(config_to_dict(self.cfg)), "n_gram_updates": self.n_gram_updates,
+            "nan_count": self.guard.count, "world_size": self.world}
+    return save_sharded(self.out / f"checkpoint_{it:07d}", m.student, m.ema, m.gram, self.optimizer, meta, self.rank, self.world)
+
+def _load_sharded(self:Trainer, path:Path):
+    "Read this rank's shards of checkpoint folder `path` into the models and the optimizer."
+    m = self.models
+    load_sharded(path, m.student, m.ema, m.gram, self.optimizer, self.world)
+
+Trainer.save_sharded, Trainer.load_sharded = _save_sharded, _load_sharded
 
 # %% ../../nbs/10_train.ipynb #f31b6ae5
 def _step(self:Trainer, it:int, batch:dict,
@@ -685,111 +264,3 @@ def _fit(self:Trainer) -> list[dict]:
     return history
 
 Trainer.step, Trainer.fit, Trainer._open_log, Trainer._record = _step, _fit, _open_log, _record
-
-# %% ../../nbs/10_train.ipynb #21a50d18
-def _sharded_state(self:Trainer) -> tuple[dict, dict]:
-    "The tensors of the run as this rank holds them (its shards under FSDP2), and the optimizer's parameter groups."
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-    m = self.models
-    optim = get_optimizer_state_dict(m.student, self.optimizer)  # keyed by parameter name; creates empty AdamW moments
-    return ({"student": get_model_state_dict(m.student), "teacher": get_model_state_dict(m.ema),
-             "gram_teacher": m.gram.state_dict() if m.gram is not None else {}, "optimizer": optim["state"]},
-            optim["param_groups"])
-
-def _save_sharded(self:Trainer, it:int) -> Path:
-    "Every rank writes its shards of the state after `it` iterations into the folder `checkpoint_<it>` (atomically)."
-    import torch.distributed.checkpoint as dcp
-    path = self.out / f"checkpoint_{it:07d}"
-    tmp = path.with_name(f".{path.name}.tmp")
-    if self.rank == 0: shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-    if self.world > 1: torch.distributed.barrier()
-    tensors, param_groups = self._sharded_state()
-    dcp.save(tensors, checkpoint_id=tmp, no_dist=self.world == 1)
-    torch.save(rng_state(), tmp / f"rng_rank{self.rank}.pt")
-    if self.rank == 0:
-        torch.save({"iteration": it, "config": json.dumps(config_to_dict(self.cfg)), "n_gram_updates": self.n_gram_updates,
-                    "nan_count": self.guard.count, "world_size": self.world, "optimizer_param_groups": param_groups},
-                   tmp / "trainer_state.pt")
-    if self.world > 1: torch.distributed.barrier()  # every rank's files are in `tmp`
-    if self.rank == 0:
-        if path.exists(): shutil.rmtree(path)  # the same iteration saved again after a resume
-        os.replace(tmp, path)
-    return path
-
-def _load_sharded(self:Trainer, path:Path):
-    "Read this rank's shards of checkpoint folder `path` into the models and the optimizer."
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-    m = self.models
-    tensors, param_groups = self._sharded_state()
-    dcp.load(tensors, checkpoint_id=path, no_dist=self.world == 1)  # in place, each rank its own shards
-    set_model_state_dict(m.student, tensors["student"]); set_model_state_dict(m.ema, tensors["teacher"])
-    set_optimizer_state_dict(m.student, self.optimizer, {"state": tensors["optimizer"], "param_groups": param_groups})
-    if m.gram is not None: m.gram.load_state_dict(tensors["gram_teacher"])
-
-Trainer._sharded_state, Trainer.save_sharded, Trainer.load_sharded = _sharded_state, _save_sharded, _load_sharded
-
-def consolidate_checkpoint(
-    checkpoint:str|Path, # the folder of a sharded checkpoint (FSDP2 run)
-    out:str|Path|None=None, # the `.pt` file to write; None: `<folder>_full.pt` beside the folder
-) -> Path:
-    "Gather a sharded checkpoint into one full `.pt` checkpoint, the format a single process writes."
-    folder = Path(checkpoint)
-    return save_atomic(read_checkpoint(folder), Path(out) if out else folder.with_name(folder.name + "_full.pt"))
-
-# %% ../../nbs/10_train.ipynb #90f466a4
-def export_backbone(
-    checkpoint:str|Path, # a training checkpoint of this trainer (`.pt` file or sharded folder)
-    out:str|Path, # the backbone file to write (.safetensors)
-    which:str="teacher", # "teacher" (EMA) or "student"
-) -> Path:
-    "Write the `which` backbone of a training checkpoint as a plain backbone checkpoint (official keys)."
-    from dinov3nb.models.checkpoints import save
-    ck = read_checkpoint(checkpoint)
-    cfg = config_from_dict(json.loads(ck["config"]))
-    model = DinoVisionTransformer(cfg.student)
-    model.load_state_dict({k[len("backbone."):]: v for k, v in ck[which].items() if k.startswith("backbone.")})
-    return save(model.eval(), out)
-
-# %% ../../nbs/10_train.ipynb #3d713681
-def load_config(
-    config:str, # a preset name (see `PRESETS`) or a YAML file
-    overrides:list[str]=(), # "key.sub=value" strings
-) -> TrainConfig:
-    "Build and check the training config of a preset or YAML file with `key=value` overrides."
-    try: from omegaconf import OmegaConf
-    except ImportError: raise ImportError("the training command line needs OmegaConf: pip install 'dinov3nb[train]'") from None
-    if config in PRESETS: base = config_to_dict(PRESETS[config]()); data = {}
-    else:
-        if not Path(config).is_file():
-            raise ConfigError(f"--config {config!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
-        data = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
-        name = data.pop("preset", None)
-        if name is not None and name not in PRESETS: raise ConfigError(f"preset={name!r} in {config}; choose one of {', '.join(PRESETS)}")
-        base = config_to_dict(PRESETS[name]()) if name else config_to_dict(TrainConfig())
-    bad = [o for o in overrides if "=" not in o]
-    if bad: raise ConfigError(f"override {bad[0]!r} is not key=value (e.g. optim.lr=5e-4)")
-    over = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=True) if overrides else {}
-    return validate(config_from_dict(merge_dicts(merge_dicts(base, data), over)))
-
-def train_main(argv:list[str]|None=None) -> int:
-    "`dinov3nb train --config PRESET_OR_FILE key=value ... [--resume]`: train, print where the checkpoints are."
-    import argparse, sys
-    ap = argparse.ArgumentParser(prog="dinov3nb train", description="Train DINOv3 (self-supervised) from a preset or YAML config.")
-    ap.add_argument("--config", required=True, help=f"preset ({', '.join(PRESETS)}) or YAML file")
-    ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.output_dir")
-    ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=5e-4 run.output_dir=out")
-    args = ap.parse_args(argv)
-    try: cfg = load_config(args.config, args.overrides)
-    except ConfigError as e: print(f"error: {e}", file=sys.stderr); return 2
-    cfg.run.device = init_distributed(cfg.run.device)  # joins the process group under torchrun / SLURM
-    if cfg.distill.students:  # several students from one teacher, each on its own ranks
-        from dinov3nb.train.multidistill import MultiTrainer
-        MultiTrainer(cfg, resume=args.resume).fit()
-    else: Trainer(cfg, resume=args.resume).fit()
-    outs = [Path(cfg.run.output_dir) / s.name for s in cfg.distill.students or []] or [Path(cfg.run.output_dir)]
-    if torch.distributed.is_initialized(): torch.distributed.barrier()  # every student's last checkpoint is written
-    if rank() == 0:
-        for out in outs: print(f"checkpoints in {out}: {', '.join(p.name for p in checkpoints(out))}")
-    if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
-    return 0
