@@ -149,8 +149,9 @@ def check_file(
             rt = OnnxRuntimeBackbone(path)
         meta = rt.session.get_modelmeta().custom_metadata_map
         precision, made_from = meta.get("dinov3nb.precision", "fp32"), meta.get("dinov3nb.preset")
-        mine = getattr(model, "preset", None) or type(model).__name__
-        if made_from and made_from != mine:
+        mine = getattr(model, "preset", None)
+        from dinov3nb.models.presets import PRESETS
+        if made_from in PRESETS and mine in PRESETS and made_from != mine:   # both released presets, and not the same
             raise CheckFailed(f"{path} was exported from {made_from}, but the torch model is {mine}: "
                               "pass the --weights (and --model) it was exported from")
         dims = rt.session.get_inputs()[0].shape  # ints for fixed axes, names for dynamic ones
