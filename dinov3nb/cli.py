@@ -16,19 +16,23 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .errors import CheckFailed, UserError, at_least, pop_debug, reading, run_command, writable_path
 from .jetson.pictures import demo_pictures, heatmap_picture, kmeans_picture, match_picture, pca_picture, read_image
 
 # %% auto #0
-__all__ = ['resolve_weights', 'load_backbone', 'run_demo', 'describe', 'convert_checkpoint', 'check_file', 'export_model', 'main']
+__all__ = ['DEFAULT_MODEL', 'MIN_COSINE', 'resolve_weights', 'load_backbone', 'run_demo', 'describe', 'convert_checkpoint',
+           'check_file', 'export_model', 'main']
 
 # %% ../nbs/90_cli.ipynb #959a02a3
+DEFAULT_MODEL = "dinov3_vits16"  # the preset of random weights, and the cache name, when --model is not given
+
 def resolve_weights(
-    model_name:str, # preset name, e.g. "dinov3_vits16"
+    model_name:str|None, # preset name, e.g. "dinov3_vits16" (None: DEFAULT_MODEL)
     weights:str|None=None, # an explicit --weights path
     env:dict|None=None, # environment (default os.environ)
 ) -> tuple[Path|None, str]: # the checkpoint (None: random weights), and where it came from
     "Find the checkpoint for `model_name`: `--weights`, else `$DINOV3NB_WEIGHTS`, else the cache folder."
-    env = os.environ if env is None else env
+    env, model_name = os.environ if env is None else env, model_name or DEFAULT_MODEL
     if weights: return Path(weights), "--weights"
     if env.get("DINOV3NB_WEIGHTS"): return Path(env["DINOV3NB_WEIGHTS"]), "$DINOV3NB_WEIGHTS"
     cache = Path(env.get("DINOV3NB_CACHE") or "~/.cache/dinov3nb").expanduser()
@@ -38,26 +42,35 @@ def resolve_weights(
     return None, f"none found (--weights, $DINOV3NB_WEIGHTS, {cache}/{model_name}.{{safetensors,pth}})"
 
 def load_backbone(
-    model_name:str="dinov3_vits16",
+    model_name:str|None=None, # --model: a preset; None: whatever the checkpoint holds (DEFAULT_MODEL without one)
     weights:str|None=None,
     env:dict|None=None,
     err=None, # stream for the random-weights warning (stderr)
+    random_ok:bool=True, # False: refuse to run without weights (`verify`)
 ) -> tuple[torch.nn.Module, str]: # the model, and a one-line note to write on pictures
-    "Build `model_name` with the weights `resolve_weights` finds, or random weights with a loud warning."
+    "Load the weights `resolve_weights` finds (refusing ones of another preset than `model_name`), or random weights with a loud warning."
     from dinov3nb.models.backbones import build
     from dinov3nb.models.checkpoints import load
     path, origin = resolve_weights(model_name, weights, env)
+    name = model_name or DEFAULT_MODEL
     if path is None:
+        if not random_ok: raise UserError(f"no weights for {name}: {origin}. Pass --weights PATH, the checkpoint the file was made from")
         torch.manual_seed(0)
-        print(f"dinov3nb: no weights for {model_name}: {origin}. Using RANDOM weights; the maps show no "
+        print(f"dinov3nb: no weights for {name}: {origin}. Using RANDOM weights; the maps show no "
               "semantics. Pass --weights PATH for real features.", file=err or sys.stderr)
-        return build(model_name), f"{model_name}: RANDOM WEIGHTS (pass --weights)"
-    model = load(path)
-    return model, f"{getattr(model, 'preset', None) or model_name}: {path.name}"
+        return build(name), f"{name}: RANDOM WEIGHTS (pass --weights)"
+    with reading(path, "checkpoint", f"check the file {origin} points at"):
+        model = load(path)
+    preset = getattr(model, "preset", None)
+    if model_name and preset != model_name:
+        raise UserError(f"--model {model_name} does not match the weights {str(path)!r} ({origin}): they hold "
+                        f"{preset or 'a backbone that is no released preset'} ({describe(model).split(';')[0]}). "
+                        f"Drop --model to use the checkpoint's own architecture, or pass the weights of {model_name}")
+    return model, f"{preset or type(model).__name__}: {path.name}"
 
 # %% ../nbs/90_cli.ipynb #e04d5de4
 def run_demo(
-    model_name:str="dinov3_vits16", # backbone preset
+    model_name:str|None=None, # backbone preset (None: the checkpoint's, else DEFAULT_MODEL)
     weights:str|None=None, # checkpoint path; else $DINOV3NB_WEIGHTS or the cache; else random weights
     image:str|None=None, # image path for all three pictures; default: bundled scikit-image photos
     size:int=224, # shorter side in px (rounded to a multiple of the patch size)
@@ -67,6 +80,8 @@ def run_demo(
 ) -> dict:
     "Load a backbone and run `demo_pictures`: feature shapes, timing and a text heatmap; heatmap, PCA and KMeans PNGs."
     out = out or sys.stdout
+    writable_path(out_dir, "--out", folder=True)
+    if image: read_image(image)                                      # fail fast on a bad photo, before the model
     model, note = load_backbone(model_name, weights, err=err)
     res = demo_pictures(model, image, size=size, out_dir=out_dir, name=model_name, note=note,
                         weights="random weights: pass --weights for real features" if "RANDOM" in note else "weights " + note,
@@ -90,43 +105,78 @@ def describe(model:torch.nn.Module) -> str:
 def convert_checkpoint(src:str, dst:str, to:str="safetensors") -> Path:
     "Read checkpoint `src` (any supported format) and write it to `dst` as `safetensors`, `hf` or `timm`."
     from dinov3nb.models import checkpoints
-    model = checkpoints.load(src)
-    dst = Path(dst)
-    if to == "safetensors": checkpoints.save(model, dst)
-    elif to == "hf": checkpoints.save_hf(model, dst)
-    elif to == "timm":
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in checkpoints.to_timm_state_dict(model).items()}, str(dst))
-    else: raise ValueError(f"unknown target format {to!r}; use safetensors, hf or timm")
+    if to not in ("safetensors", "hf", "timm"): raise UserError(f"unknown target format {to!r}; use safetensors, hf or timm")
+    dst = writable_path(dst, "output", folder=to == "hf")
+    if dst.exists() and Path(src).exists() and dst.resolve() == Path(src).resolve():
+        raise UserError(f"{dst} is the checkpoint being converted: write the converted copy to another path")
+    with reading(src, "checkpoint", "check the path, or download the file again"):
+        model = checkpoints.load(src)
+    if to == "hf": checkpoints.save_hf(model, dst); return dst
+    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp{dst.suffix}")   # a failed write leaves an old `dst` intact
+    try:
+        if to == "safetensors": checkpoints.save(model, tmp)
+        else:
+            from safetensors.torch import save_file
+            save_file({k: v.contiguous() for k, v in checkpoints.to_timm_state_dict(model).items()}, str(tmp))
+        os.replace(tmp, dst)
+    finally: tmp.unlink(missing_ok=True)
     return dst
 
 # %% ../nbs/90_cli.ipynb #6643f183
 def _round_to(v:int, s:int) -> int: return max(s, round(v / s) * s)
+
+MIN_COSINE = {"fp32": 0.999, "fp16": 0.99}  # default thresholds of `check_file` by precision of the exported file
 
 def check_file(
     model:torch.nn.Module, # the torch reference (same weights as the file)
     path:str|Path, # an .onnx file or a TensorRT .engine
     height:int=224, width:int=224, # the size to check (a fixed-shape file's own size wins)
     batch:int=1, # images per call (a fixed-shape file's own batch wins)
+    min_cosine:float|None=None, # fail below this (default: MIN_COSINE of the file's precision; engines count as fp16)
+    max_abs_diff:float|None=None, # fail above this (default: no limit; it depends on the model's feature scale)
     say=print,
 ) -> dict[str, float]:
-    "Run the exported `path` and `model` on offline photos; print and return max abs diff and min cosine."
+    "Run the exported `path` and `model` on offline photos; print max abs diff and min cosine, raise `CheckFailed` past the thresholds."
     from dinov3nb.deploy.export import OnnxRuntimeBackbone, model_stride, verify_backend
     path, s = Path(path), model_stride(model)
-    if not path.exists(): raise FileNotFoundError(f"{path} does not exist: write it with `dinov3nb export`")
+    if not path.is_file(): raise UserError(f"{path} does not exist (or is a folder): write it with `dinov3nb export`")
     if path.suffix == ".engine":
         from dinov3nb.deploy.runtime import TensorRTRuntime
-        rt, dynamic = TensorRTRuntime(path, s, getattr(model, "normalization", "lvd")), True
+        with reading(path, "TensorRT engine", "rebuild it on this machine with `dinov3nb export tensorrt`"):
+            rt, dynamic, precision = TensorRTRuntime(path, s, getattr(model, "normalization", "lvd")), True, "fp16"
     else:
-        rt = OnnxRuntimeBackbone(path)
+        with reading(path, "ONNX file", "export it again with `dinov3nb export onnx`"):
+            rt = OnnxRuntimeBackbone(path)
+        meta = rt.session.get_modelmeta().custom_metadata_map
+        precision, made_from = meta.get("dinov3nb.precision", "fp32"), meta.get("dinov3nb.preset")
+        mine = getattr(model, "preset", None)
+        from dinov3nb.models.presets import PRESETS
+        if made_from in PRESETS and mine in PRESETS and made_from != mine:   # both released presets, and not the same
+            raise CheckFailed(f"{path} was exported from {made_from}, but the torch model is {mine}: "
+                              "pass the --weights (and --model) it was exported from")
         dims = rt.session.get_inputs()[0].shape  # ints for fixed axes, names for dynamic ones
         dynamic = not all(isinstance(d, int) for d in dims)
         if not dynamic: batch, height, width = dims[0], dims[2], dims[3]
+    limit = MIN_COSINE.get(precision, MIN_COSINE["fp16"]) if min_cosine is None else min_cosine
     sizes = [(height, width)] + ([(_round_to(height * 3 // 4, s), width + 2 * s)] if dynamic else [])
     r = verify_backend(model, rt, sizes, batch_size=batch)
     say(f"verify {path.name}: max abs diff {r['max_abs_diff']:.2e}, min cosine similarity {r['min_cosine']:.6f} "
         f"(chelsea/astronaut at {', '.join(f'{h}x{w}' for h, w in sizes)}, batch {batch})")
+    if not r["min_cosine"] >= limit or (max_abs_diff is not None and not r["max_abs_diff"] <= max_abs_diff):
+        raise CheckFailed(f"{path} does not match the torch model: min cosine similarity {r['min_cosine']:.4f} (at least "
+                          f"{limit} needed, the {precision if min_cosine is None else '--min-cosine'} threshold), max abs diff "
+                          f"{r['max_abs_diff']:.2e}" + (f" (at most {max_abs_diff})" if max_abs_diff is not None else "") +
+                          ". Check that --model/--weights are the ones it was exported from and export it again, "
+                          "or set --min-cosine / --max-diff if this precision is expected")
     return r
+
+def _check_shape(model:torch.nn.Module, height:int, width:int, batch:int) -> None:
+    "Refuse an export shape the model cannot take, naming the option and a valid value."
+    from dinov3nb.deploy.export import model_stride
+    s = model_stride(model)
+    if batch < 1: raise UserError(f"--batch {batch}: use a batch of at least 1 image")
+    for opt, v in (("--height", height), ("--width", width)):
+        if v < s or v % s: raise UserError(f"{opt} {v}: use a positive multiple of the model's stride {s}, e.g. {_round_to(max(v, s), s)}")
 
 def export_model(
     model:torch.nn.Module, # the backbone to export (weights loaded)
@@ -138,17 +188,19 @@ def export_model(
     fp16:bool=False, # half precision (ONNX weights, or TensorRT kernels)
     layers:Sequence[int]=(), # also output these blocks' patch tokens
     verify:bool=True, # run `check_file` afterwards
+    min_cosine:float|None=None, max_abs_diff:float|None=None, # thresholds of the check (see `check_file`)
     say=print,
 ) -> Path:
-    "Export `model` to ONNX or TensorRT, print where, and verify it against torch."
+    "Export `model` to ONNX or TensorRT, print where, and verify it against torch (`CheckFailed` below the thresholds)."
     from dinov3nb.deploy.export import export_onnx, model_stride
-    if fmt not in ("onnx", "tensorrt"): raise ValueError(f"unknown export format {fmt!r}: use onnx or tensorrt")
+    if fmt not in ("onnx", "tensorrt"): raise UserError(f"unknown export format {fmt!r}: use onnx or tensorrt")
+    _check_shape(model, height, width, batch)
     name = getattr(model, "preset", None) or type(model).__name__
-    out = Path(out or f"{name}.{'onnx' if fmt == 'onnx' else 'engine'}")
+    out = writable_path(out or f"{name}.{'onnx' if fmt == 'onnx' else 'engine'}", "--out")
+    onnx_path = out if fmt == "onnx" else writable_path(out.with_suffix(".onnx"), "the intermediate ONNX file")
     if fmt == "tensorrt":
         from dinov3nb.deploy.runtime import _trt, build_engine, shape_profile
         _trt()  # fail fast, before exporting, when TensorRT or the GPU is missing
-    onnx_path = out if fmt == "onnx" else out.with_suffix(".onnx")
     export_onnx(model, onnx_path, height=height, width=width, batch_size=batch, dynamic=dynamic or fmt == "tensorrt",
                 fp16=fp16 and fmt == "onnx", intermediate_layers=layers)
     say(f"wrote {onnx_path} ({onnx_path.stat().st_size / 2**20:.1f} MB)")
@@ -158,7 +210,7 @@ def export_model(
         import shutil
         shutil.copyfile(build_engine(onnx_path, shape_profile(sizes, s, batch), fp16=fp16), out)
         say(f"wrote {out}")
-    if verify: check_file(model, out, height, width, batch, say=say)
+    if verify: check_file(model, out, height, width, batch, min_cosine=min_cosine, max_abs_diff=max_abs_diff, say=say)
     return out
 
 # %% ../nbs/90_cli.ipynb #c99b82df
@@ -170,17 +222,26 @@ def _pair(kind):
         except ValueError: raise argparse.ArgumentTypeError(f"{s!r}: expected two numbers A,B (e.g. 3,5)") from None
     return parse
 
+def _cosine(s:str) -> float:
+    v = at_least(-1.0, float)(s)
+    if v > 1: raise argparse.ArgumentTypeError(f"{s}: a cosine similarity is at most 1")
+    return v
+
 def _parser() -> argparse.ArgumentParser:
     from dinov3nb.models.backbones import list_backbones
     p = argparse.ArgumentParser(prog="dinov3nb", description="DINOv3 backbones: dense-feature pictures, camera "
-                                "segmentation, and checkpoint tools.")
+                                "segmentation, and checkpoint tools.", epilog="Exit codes: 0 done, 1 a check failed (verify, "
+                                "export), 2 bad input (the message says what to fix), 70 a bug in dinov3nb, 130 Ctrl-C.")
+    p.add_argument("--debug", action="store_true", help="on an error, also print the traceback (before or after the command)")
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default="dinov3_vits16", choices=list_backbones(), metavar="NAME",
-                        help="backbone preset (default: dinov3_vits16; see `dinov3nb list`)")
+    common.add_argument("--model", default=None, choices=list_backbones(), metavar="NAME",
+                        help=f"backbone preset (default: the checkpoint's own, else {DEFAULT_MODEL}; see `dinov3nb list`); "
+                        "refused if the weights hold another one")
     common.add_argument("--weights", metavar="PATH", help="checkpoint (Meta .pth, HF directory, timm, safetensors); "
                         "default: $DINOV3NB_WEIGHTS, else ~/.cache/dinov3nb/<model>.{safetensors,pth}, else random weights")
-    common.add_argument("--size", type=int, default=224, help="shorter input side in pixels, rounded to the patch size (default 224)")
+    common.add_argument("--size", type=at_least(1), default=224, help="shorter input side in pixels, rounded to the patch size (default 224)")
+    common.add_argument("--debug", action="store_true", help="on an error, also print the traceback")
     img_help = "image file, or skimage:NAME for a bundled scikit-image photo (e.g. skimage:chelsea)"
     out_help = "output PNG (default: <image name>_{}.png in the current folder)"
 
@@ -203,8 +264,8 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--camera", nargs="?", const="csi", metavar="csi|N",
                      help="live camera: csi (Jetson CSI, the default) or a USB index N (needs the jetson extra)")
     src.add_argument("--video", metavar="FILE", help="video file or animated GIF (needs the jetson extra)")
-    k.add_argument("-k", type=int, default=4, help="number of clusters (default 4)")
-    k.add_argument("--frames", type=int, metavar="N", help="stop a camera/video after N frames")
+    k.add_argument("-k", type=at_least(1), default=4, help="number of clusters, at most the number of patches (default 4)")
+    k.add_argument("--frames", type=at_least(1), metavar="N", help="stop a camera/video after N frames")
     k.add_argument("--out", metavar="FILE", help="output PNG for an image; a .mp4/.avi video for a camera/video "
                    "(default: a window)")
     k.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"],
@@ -213,19 +274,24 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("match", parents=[common], help="mutual nearest-neighbour patch matches between two images")
     m.add_argument("image", metavar="IMG1", help=img_help)
     m.add_argument("image2", metavar="IMG2", help="second image, same forms as IMG1")
-    m.add_argument("--max-lines", type=int, default=100, help="draw at most this many matches (default 100)")
+    m.add_argument("--max-lines", type=at_least(1), default=100, help="draw at most this many matches (default 100)")
     m.add_argument("--out", metavar="FILE", help=out_help.format("match"))
-    e = sub.add_parser("export", parents=[common], help="export a backbone to ONNX or a TensorRT engine and verify it")
+    check = argparse.ArgumentParser(add_help=False)
+    check.add_argument("--min-cosine", type=_cosine, metavar="C", help="fail below this cosine similarity (default "
+                       f"{MIN_COSINE['fp32']} for fp32 files, {MIN_COSINE['fp16']} for fp16 ONNX files and TensorRT engines)")
+    check.add_argument("--max-diff", type=at_least(0.0, float), metavar="D", help="also fail above this max abs difference (default: no limit)")
+    e = sub.add_parser("export", parents=[common, check], help="export a backbone to ONNX or a TensorRT engine and verify it")
     e.add_argument("format", choices=["onnx", "tensorrt"], help="onnx (any runtime) or tensorrt (an engine for this GPU)")
     e.add_argument("--out", metavar="FILE", help="output file (default: <model>.onnx or <model>.engine)")
-    e.add_argument("--height", type=int, default=224, help="input height in pixels, a multiple of the stride (default 224)")
-    e.add_argument("--width", type=int, default=224, help="input width in pixels, a multiple of the stride (default 224)")
-    e.add_argument("--batch", type=int, default=1, help="batch size (the largest one for --dynamic TensorRT; default 1)")
+    e.add_argument("--height", type=at_least(1), default=224, help="input height in pixels, a multiple of the stride (default 224)")
+    e.add_argument("--width", type=at_least(1), default=224, help="input width in pixels, a multiple of the stride (default 224)")
+    e.add_argument("--batch", type=at_least(1), default=1, help="batch size (the largest one for --dynamic TensorRT; default 1)")
     e.add_argument("--dynamic", action="store_true", help="any batch and any height/width (multiples of the stride)")
     e.add_argument("--fp16", action="store_true", help="half precision: fp16 ONNX weights, or FP16 TensorRT kernels")
-    e.add_argument("--layers", type=int, nargs="+", default=[], metavar="I", help="also output these blocks' patch tokens")
+    e.add_argument("--layers", type=at_least(0), nargs="+", default=[], metavar="I", help="also output these blocks' patch tokens")
     e.add_argument("--no-verify", action="store_true", help="skip the comparison with torch on two photos")
-    v = sub.add_parser("verify", parents=[common], help="compare an exported .onnx / .engine file with the torch model")
+    v = sub.add_parser("verify", parents=[common, check], help="compare an exported .onnx / .engine file with the torch model; "
+                       "exit code 1 below the thresholds")
     v.add_argument("file", help="an .onnx file or a TensorRT .engine written for --model/--weights")
     ev = sub.add_parser("eval", help="evaluate a frozen backbone: knn, linear, logreg, seg, depth, fg, match, track or all "
                         "(`dinov3nb eval -h` lists the options)", add_help=False)
@@ -259,19 +325,23 @@ class _Noted:
 def _stream_kmeans(args) -> None:
     from dinov3nb.jetson.camera import open_source, run, SegmentationPipeline, VideoSink, WindowSink
     from dinov3nb.deploy.runtime import make_runtime
+    if args.out and Path(args.out).suffix.lower() not in (".mp4", ".avi"):
+        raise UserError(f"--out {args.out}: a camera or video is written as a video; use a .mp4 or .avi name")
     source = open_source(args.camera if args.camera is not None else args.video)   # fail fast, before the model
+    try: sink = VideoSink(writable_path(args.out, "--out")) if args.out else WindowSink()   # no display: fails here
+    except BaseException: source.close(); raise
     model, note = load_backbone(args.model, args.weights)
     runtime = make_runtime(args.backend, model, sizes=[(args.size, args.size)])
-    sink = VideoSink(args.out) if args.out else WindowSink()
     stats = run(source, SegmentationPipeline(runtime, k=args.k, size=args.size), [_Noted(sink, note)], args.frames)
     print(f"{source.name}: {stats.frames} frames, {stats.fps:.1f} FPS" + (f"; wrote {args.out}" if args.out else ""))
 
 def _pictures(args) -> None:
     from dinov3nb.jetson.plots import save_png, stamp
     if args.command == "kmeans" and (args.camera is not None or args.video):
-        if args.image: raise ValueError("give an image, --camera or --video, not several")
+        if args.image: raise UserError("give an image, --camera or --video, not several")
         return _stream_kmeans(args)
-    if args.image is None: raise ValueError("kmeans needs an image, --camera [csi|N] or --video FILE")
+    if args.image is None: raise UserError("kmeans needs an image, --camera [csi|N] or --video FILE")
+    out = writable_path(args.out or _default_out(args.image, args.command), "--out")
     img = read_image(args.image)                                    # fail fast on a bad path, before the model
     img2 = read_image(args.image2) if args.command == "match" else None
     model, note = load_backbone(args.model, args.weights)
@@ -281,12 +351,33 @@ def _pictures(args) -> None:
     else:
         pic, n = match_picture(model, img, img2, size=args.size, max_lines=args.max_lines)
         print(f"{n} mutual nearest-neighbour matches")
-    path = save_png(stamp(pic, f"{args.command} | {note}"), args.out or _default_out(args.image, args.command))
-    print(f"wrote {path}")
+    print(f"wrote {save_png(stamp(pic, f'{args.command} | {note}'), out)}")
+
+def _run(args) -> None:
+    "Run the parsed command `args`."
+    if args.command == "demo": run_demo(args.model, args.weights, args.image, args.size, args.out)
+    elif args.command in ("heatmap", "pca", "kmeans", "match"): _pictures(args)
+    elif args.command == "export":
+        model, note = load_backbone(args.model, args.weights)
+        export_model(model, args.format, args.out, height=args.height, width=args.width, batch=args.batch,
+                     dynamic=args.dynamic, fp16=args.fp16, layers=args.layers, verify=not args.no_verify,
+                     min_cosine=args.min_cosine, max_abs_diff=args.max_diff)
+    elif args.command == "verify":
+        model, note = load_backbone(args.model, args.weights, random_ok=False)
+        check_file(model, args.file, min_cosine=args.min_cosine, max_abs_diff=args.max_diff)
+    elif args.command == "list":
+        from dinov3nb.models.backbones import PRESETS
+        for name, pre in PRESETS.items():
+            print(f"{name:<26} {pre.family:<9} {pre.dataset}")
+    elif args.command == "info":
+        from dinov3nb.models.checkpoints import load
+        with reading(args.path, "checkpoint", "check the path, or download the file again"): model = load(args.path)
+        print(f"{args.path}: {describe(model)}")
+    elif args.command == "convert":
+        print(f"wrote {convert_checkpoint(args.src, args.dst, args.to)}")
 
 def main(argv:list[str]|None=None) -> int:
-    "Run the `dinov3nb` command line."
-    from dinov3nb.jetson.camera import CameraError
+    "Run the `dinov3nb` command line under the error policy of `09_errors` (`--debug`: tracebacks too)."
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["eval"]:  # its own parser (20_eval ... 25_eval.cli), with its own help and exit codes
         from dinov3nb.eval.cli import eval_main
@@ -297,30 +388,7 @@ def main(argv:list[str]|None=None) -> int:
     if argv[:1] == ["submit"]:  # its own parser (17_train.submit): SLURM or local jobs through submitit
         from dinov3nb.train.submit import submit_main
         return submit_main(argv[1:])
+    argv, debug = pop_debug(argv)
+    if argv[:1] in (["eval"], ["train"], ["submit"]): return main([*argv, "--debug"])  # `dinov3nb --debug eval ...`
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "demo": run_demo(args.model, args.weights, args.image, args.size, args.out)
-        elif args.command in ("heatmap", "pca", "kmeans", "match"): _pictures(args)
-        elif args.command == "export":
-            model, note = load_backbone(args.model, args.weights)
-            export_model(model, args.format, args.out, height=args.height, width=args.width, batch=args.batch,
-                         dynamic=args.dynamic, fp16=args.fp16, layers=args.layers, verify=not args.no_verify)
-        elif args.command == "verify":
-            model, note = load_backbone(args.model, args.weights)
-            check_file(model, args.file)
-        elif args.command == "list":
-            from dinov3nb.models.backbones import PRESETS
-            for name, pre in PRESETS.items():
-                print(f"{name:<26} {pre.family:<9} {pre.dataset}")
-        elif args.command == "info":
-            from dinov3nb.models.checkpoints import load
-            print(f"{args.path}: {describe(load(args.path))}")
-        elif args.command == "convert":
-            print(f"wrote {convert_checkpoint(args.src, args.dst, args.to)}")
-    except (ValueError, FileNotFoundError, TypeError, CameraError, ImportError, RuntimeError) as e:
-        print(f"dinov3nb {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"dinov3nb {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(lambda: _run(args), f"dinov3nb {args.command}", debug=debug)

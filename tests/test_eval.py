@@ -120,8 +120,9 @@ def test_bad_input(tmp_path, capsys):
     assert "shapesworld only" in capsys.readouterr().err
     assert eval_main(["knn", "--model", "dinov3_vitq16", "--out", str(tmp_path)]) == 2
     assert "unknown --model" in capsys.readouterr().err
-    assert eval_main(["knn", "--model", "vit_tiny", "--features", "max", "--out", str(tmp_path), *SMALL]) == 2
-    assert "unknown feature kind" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:   # refused by the parser, before the model is built
+        eval_main(["knn", "--model", "vit_tiny", "--features", "max", "--out", str(tmp_path), *SMALL])
+    assert e.value.code == 2 and "unknown feature kind" in capsys.readouterr().err
     with pytest.raises(SystemExit): eval_main(["classify"])
     with pytest.raises(FileNotFoundError, match="root/train/<class>"): classification_splits(tmp_path)
     (tmp_path / "nyu" / "test" / "rgb").mkdir(parents=True)

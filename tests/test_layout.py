@@ -7,7 +7,8 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "dinov3nb"
 # a chapter may import its own modules and those of lower layers; never a higher layer's, nor
 # another chapter of its own layer (train, deploy and heads stand side by side, so do eval and jetson)
-LAYERS = {"models": 0, "shapesworld": 1, "train": 2, "deploy": 2, "heads": 2, "eval": 3, "jetson": 3, "cli": 4,
+# `errors` (the command-line error policy) sits below everything: any chapter may raise its `UserError`
+LAYERS = {"errors": -1, "models": 0, "shapesworld": 1, "train": 2, "deploy": 2, "heads": 2, "eval": 3, "jetson": 3, "cli": 4,
           "testing": 5}
 MAX_LINES = 400
 

@@ -124,8 +124,9 @@ def export_onnx(
     "Export `model` to an ONNX file with named outputs; check it and return its path."
     onnx = require("onnx")
     s = model_stride(model)
-    if height % s or width % s:
-        raise ValueError(f"height and width must be multiples of {s} for this model, got {height}x{width}")
+    if height % s or width % s or height < s or width < s:
+        raise ValueError(f"height and width must be positive multiples of {s} for this model, got {height}x{width}")
+    if batch_size < 1: raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if opset < 17: raise ValueError(f"opset {opset} is too old: attention and LayerNormalization need opset >= 17")
     if exporter not in ("dynamo", "legacy"): raise ValueError(f"exporter must be 'dynamo' or 'legacy', got {exporter!r}")
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,6 +256,10 @@ def verify_backend(
         got = backend.forward_features(x)
         for k in ("x_norm_clstoken", "x_norm_patchtokens"):
             a, b = got[k].float().cpu(), ref[k].float().cpu()
+            if a.shape != b.shape:
+                raise ValueError(f"{k}: the backend returns {tuple(a.shape)}, the model {tuple(b.shape)} at {h}x{w}: "
+                                 "it was exported from another architecture")
+            if not torch.isfinite(a).all(): return {"max_abs_diff": float("nan"), "min_cosine": float("nan")}  # NaN/inf: fail
             diff = max(diff, (a - b).abs().max().item())
             cos = min(cos, torch.nn.functional.cosine_similarity(a, b, dim=-1).min().item())
     return {"max_abs_diff": diff, "min_cosine": cos}

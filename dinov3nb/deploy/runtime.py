@@ -16,10 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from .export import accelerate, cache_dir, model_stride
+from ..errors import UserError
 
 # %% auto #0
-__all__ = ['RUNTIMES', 'Runtime', 'TorchRuntime', 'shape_profile', 'engine_path', 'build_engine', 'TensorRTRuntime',
-           'make_runtime']
+__all__ = ['RUNTIMES', 'Runtime', 'TorchRuntime', 'shape_profile', 'TensorRTError', 'engine_path', 'build_engine',
+           'TensorRTRuntime', 'make_runtime']
 
 # %% ../../nbs/08_deploy.runtime.ipynb #6b45ab37
 @runtime_checkable
@@ -75,12 +76,14 @@ def shape_profile(
             "max": (max_batch, 3, max(h for h, _ in hw), max(w for _, w in hw))}
 
 # %% ../../nbs/08_deploy.runtime.ipynb #d6b20674
+class TensorRTError(UserError, RuntimeError): "TensorRT cannot run here, or cannot parse, build or run a file: the message says what to do."
+
 def _trt():
     try: import tensorrt
     except ImportError as e:
         raise ImportError("TensorRT is not installed: on a Jetson it comes with JetPack (apt install python3-libnvinfer); "
                           "on a PC with an NVIDIA GPU: pip install tensorrt") from e
-    if not torch.cuda.is_available(): raise RuntimeError("TensorRT needs an NVIDIA GPU, and torch sees none (torch.cuda.is_available() is False)")
+    if not torch.cuda.is_available(): raise TensorRTError("TensorRT needs an NVIDIA GPU, and torch sees none (torch.cuda.is_available() is False)")
     return tensorrt
 
 def engine_path(onnx_path:str|Path, fp16:bool, profile:dict, folder:str|Path|None=None) -> Path:
@@ -108,7 +111,7 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}:\n{errors}")
+        raise TensorRTError(f"TensorRT could not parse {onnx_path}:\n{errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     if fp16: config.set_flag(trt.BuilderFlag.FP16)
@@ -116,7 +119,7 @@ def build_engine(
     opt.set_shape(network.get_input(0).name, profile["min"], profile["opt"], profile["max"])
     config.add_optimization_profile(opt)
     engine = builder.build_serialized_network(network, config)
-    if engine is None: raise RuntimeError(f"TensorRT failed to build an engine for {onnx_path} (see its log above)")
+    if engine is None: raise TensorRTError(f"TensorRT failed to build an engine for {onnx_path} (see its log above)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_bytes(bytes(engine)); os.replace(tmp, out)
@@ -134,7 +137,7 @@ class TensorRTRuntime:
         self.path, self.stride, self.normalization, self.device = Path(engine), stride, normalization, torch.device("cuda")
         if not self.path.is_file(): raise FileNotFoundError(f"no TensorRT engine at {engine}: build one with build_engine")
         self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(self.path.read_bytes())
-        if self.engine is None: raise RuntimeError(f"{engine} is not an engine for this GPU / TensorRT {trt.__version__}: rebuild it")
+        if self.engine is None: raise TensorRTError(f"{engine} is not an engine for this GPU / TensorRT {trt.__version__}: rebuild it")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = lambda n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
@@ -151,7 +154,7 @@ class TensorRTRuntime:
             outs[n] = torch.empty(tuple(self.context.get_tensor_shape(n)), device="cuda", dtype=torch.float32)
             self.context.set_tensor_address(n, outs[n].data_ptr())
         if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
-            raise RuntimeError(f"TensorRT failed to run {self.path.name} on input {tuple(x.shape)}: is it inside the engine's shape profile?")
+            raise TensorRTError(f"TensorRT failed to run {self.path.name} on input {tuple(x.shape)}: is it inside the engine's shape profile?")
         torch.cuda.current_stream().synchronize()
         cls, patch = outs.pop("cls"), outs.pop("patch")
         regs = outs.pop("registers", patch.new_zeros(len(patch), 0, patch.shape[-1]))

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,9 +19,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import CheckFailed, UserError, at_least, int_list, pop_debug, run_command, writable_path
+
 # %% auto #0
 __all__ = ['PROTOCOLS', 'CSV_FIELDS', 'eval_model', 'classification_data', 'dense_data', 'video_data', 'run_protocol',
-           'write_results', 'results_table', 'eval_main']
+           'read_results', 'write_results', 'results_table', 'eval_main']
 
 # %% ../../nbs/25_eval.cli.ipynb #49141c10
 PROTOCOLS = ("knn", "linear", "logreg", "seg", "depth", "fg", "match", "track")
@@ -126,18 +130,37 @@ def run_protocol(protocol:str, model:nn.Module, a) -> dict[str, float]:
 # %% ../../nbs/25_eval.cli.ipynb #8e38aa2f
 CSV_FIELDS = ("protocol", "model", "weights", "data", "metric", "value")
 
+def read_results(out:str|Path) -> list[dict]:
+    "The records of `out/results.json` (none if it does not exist); a `UserError` naming the file if it is not a results list."
+    js = Path(out) / "results.json"
+    if not js.exists(): return []
+    try: recs = json.loads(js.read_text())
+    except (ValueError, OSError) as e:
+        raise UserError(f"{js} is not readable JSON ({e}); dinov3nb eval appends to it, so fix it, move it away or "
+                        "choose another --out (it was left untouched)") from None
+    if not isinstance(recs, list) or not all(isinstance(r, dict) and isinstance(r.get("metrics"), dict) for r in recs):
+        raise UserError(f"{js} is not a list of dinov3nb eval records; move it away or choose another --out (it was left untouched)")
+    return recs
+
+def _write_atomic(path:Path, text:str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try: tmp.write_text(text, newline=""); os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+
 def write_results(records:list[dict], out:str|Path) -> tuple[Path, Path]:
-    "Append `records` to `out/results.json` and rewrite `out/results.csv` from all records; return both paths."
+    "Append `records` to `out/results.json`, rewrite `out/results.csv`; to `results-N.*` if results.json is unreadable. Return both paths."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     js, cs = out / "results.json", out / "results.csv"
-    old = json.loads(js.read_text()) if js.exists() else []
+    try: old = read_results(out)
+    except UserError:                                           # never overwrite what we cannot read
+        old, n = [], next(n for n in range(1, 10**6) if not any((out / f"results-{n}.{e}").exists() for e in ("json", "csv")))
+        js, cs = out / f"results-{n}.json", out / f"results-{n}.csv"
     allr = old + records
-    js.write_text(json.dumps(allr, indent=1))
-    with cs.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, CSV_FIELDS)
-        w.writeheader()
-        for r in allr:
-            for m, v in r["metrics"].items(): w.writerow({**{k: r[k] for k in CSV_FIELDS[:4]}, "metric": m, "value": v})
+    _write_atomic(js, json.dumps(allr, indent=1))
+    rows = [{**{k: r[k] for k in CSV_FIELDS[:4]}, "metric": m, "value": v} for r in allr for m, v in r["metrics"].items()]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, CSV_FIELDS); w.writeheader(); w.writerows(rows)
+    _write_atomic(cs, buf.getvalue())
     return js, cs
 
 def results_table(records:list[dict]) -> str:
@@ -149,51 +172,67 @@ def results_table(records:list[dict]) -> str:
     return "\n".join(rows)
 
 # %% ../../nbs/25_eval.cli.ipynb #d5a04eff
+def _feature_kind(s:str) -> str:
+    from dinov3nb.eval.features import _n_last
+    try: _n_last(s)
+    except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    return s
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dinov3nb eval", description="Evaluate a frozen backbone with a standard protocol.")
+    n, pos = at_least(1), at_least(0.0, float, above=True)
+    p = argparse.ArgumentParser(prog="dinov3nb eval", description="Evaluate a frozen backbone with a standard protocol.",
+                                epilog="Exit codes: 0 done, 1 done but the results went to results-N.json (results.json "
+                                "was unreadable), 2 bad input (the message says what to fix), 70 a bug, 130 Ctrl-C.")
     p.add_argument("protocol", choices=[*PROTOCOLS, "all"], help="what to measure")
     p.add_argument("--model", help="preset name, 'pixels' or 'vit_tiny' (default: the checkpoint's own architecture)")
     p.add_argument("--weights", help="checkpoint (Meta .pth, training checkpoint, HF dir, timm, safetensors)")
     p.add_argument("--data", default="shapesworld", help="dataset folder in the protocol's layout, or 'shapesworld'")
     p.add_argument("--out", default="eval_results", help="folder for results.json / results.csv")
-    p.add_argument("--size", type=int, default=64, help="image side (ShapesWorld) / shorter side fed to the model")
-    p.add_argument("--n-train", type=int, default=300, help="ShapesWorld training images")
-    p.add_argument("--n-val", type=int, default=60, help="ShapesWorld validation images (picks lr / C)")
-    p.add_argument("--n-test", type=int, default=120, help="ShapesWorld test images")
-    p.add_argument("--n-fg", type=int, default=8, help="labelled images (fg)")
-    p.add_argument("--n-videos", type=int, default=6, help="ShapesWorld videos (track)")
-    p.add_argument("--n-frames", type=int, default=8, help="frames per ShapesWorld video (track)")
-    p.add_argument("--features", default="cls", help="cls, mean, cls+mean or lastN (classification)")
-    p.add_argument("--ks", default="10,20", help="k values of the k-NN, comma-separated")
-    p.add_argument("--epochs", type=int, default=30, help="linear probe epochs")
-    p.add_argument("--steps", type=int, default=300, help="dense head training steps")
-    p.add_argument("--lr", type=float, default=3e-2, help="dense head learning rate (AdamW)")
-    p.add_argument("--radius", type=int, default=3, help="tracking neighbourhood, patches")
-    p.add_argument("--temperature", type=float, default=0.1, help="tracking vote temperature")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--size", type=n, default=64, help="image side (ShapesWorld) / shorter side fed to the model")
+    p.add_argument("--n-train", type=n, default=300, help="ShapesWorld training images")
+    p.add_argument("--n-val", type=n, default=60, help="ShapesWorld validation images (picks lr / C)")
+    p.add_argument("--n-test", type=n, default=120, help="ShapesWorld test images")
+    p.add_argument("--n-fg", type=n, default=8, help="labelled images (fg)")
+    p.add_argument("--n-videos", type=n, default=6, help="ShapesWorld videos (track)")
+    p.add_argument("--n-frames", type=at_least(2), default=8, help="frames per ShapesWorld video (track)")
+    p.add_argument("--features", type=_feature_kind, default="cls", help="cls, mean, cls+mean or lastN (classification)")
+    p.add_argument("--ks", type=int_list(1), default=[10, 20], help="k values of the k-NN, comma-separated (default 10,20)")
+    p.add_argument("--epochs", type=n, default=30, help="linear probe epochs")
+    p.add_argument("--steps", type=n, default=300, help="dense head training steps")
+    p.add_argument("--lr", type=pos, default=3e-2, help="dense head learning rate (AdamW)")
+    p.add_argument("--radius", type=n, default=3, help="tracking neighbourhood, patches")
+    p.add_argument("--temperature", type=pos, default=0.1, help="tracking vote temperature")
+    p.add_argument("--batch-size", type=n, default=64, help="images per forward pass")
     p.add_argument("--cache", help="folder caching extracted features")
     p.add_argument("--seed", type=int, default=0, help="seed of data splits, random init and heads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="on an error, also print the traceback")
     return p
 
-def eval_main(argv:list[str]|None=None) -> int:
-    "Run `dinov3nb eval ...`: evaluate, write results.json / results.csv under --out, print the table."
-    a = _parser().parse_args(argv)
-    try:
-        a.ks = [int(k) for k in a.ks.split(",")]
-        model = eval_model(a.model, a.weights, a.seed)
-        records = []
-        for protocol in (PROTOCOLS if a.protocol == "all" else [a.protocol]):
-            t0 = time.perf_counter()
-            metrics = run_protocol(protocol, model, a)
-            records.append({"protocol": protocol, "model": a.model or getattr(model, "preset", None) or "checkpoint",
-                            "weights": a.weights or "random init", "data": a.data,
-                            "metrics": {k: float(v) for k, v in metrics.items()}, "seconds": time.perf_counter() - t0,
-                            "args": {k: v for k, v in vars(a).items()}})
-        js, cs = write_results(records, a.out)
-    except (ValueError, FileNotFoundError, TypeError, ImportError) as e:
-        print(f"dinov3nb eval: error: {e}", file=sys.stderr)
-        return 2
+def _evaluate(a) -> int:
+    "Check the output folders, evaluate every protocol of `a`, write and print the results."
+    writable_path(a.out, "--out", folder=True)
+    if a.cache: writable_path(a.cache, "--cache", folder=True)
+    read_results(a.out)                                          # refuse an unreadable results.json before the work
+    model = eval_model(a.model, a.weights, a.seed)
+    records = []
+    for protocol in (PROTOCOLS if a.protocol == "all" else [a.protocol]):
+        t0 = time.perf_counter()
+        metrics = run_protocol(protocol, model, a)
+        records.append({"protocol": protocol, "model": a.model or getattr(model, "preset", None) or "checkpoint",
+                        "weights": a.weights or "random init", "data": a.data,
+                        "metrics": {k: float(v) for k, v in metrics.items()}, "seconds": time.perf_counter() - t0,
+                        "args": {k: v for k, v in vars(a).items()}})
+    js, cs = write_results(records, a.out)
     print(results_table(records))
     print(f"wrote {js} and {cs}")
+    if js.name != "results.json":
+        raise CheckFailed(f"{Path(a.out) / 'results.json'} became unreadable during the evaluation: it was left untouched "
+                          f"and this run's results are in {js} and {cs}; merge them by hand")
     return 0
+
+def eval_main(argv:list[str]|None=None) -> int:
+    "Run `dinov3nb eval ...` under the error policy of `09_errors`: evaluate, write results.json / results.csv under --out, print the table."
+    argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
+    a = _parser().parse_args(argv)
+    return run_command(lambda: _evaluate(a), "dinov3nb eval", debug=debug)

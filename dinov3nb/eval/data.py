@@ -43,8 +43,12 @@ def classification_splits(
         if ds.classes != splits["train"].classes:
             raise ValueError(f"{s}/ has classes {ds.classes[:5]}... but train/ has {splits['train'].classes[:5]}...; "
                              "every split needs the same class folders")
+    if len(classes := splits["train"].classes) < 2:
+        raise ValueError(f"{str(root / 'train')!r} has {len(classes)} class folder ({', '.join(classes)}): a classification "
+                         "protocol needs at least 2 classes, one folder each (with one class every answer is right: 100 %)")
     if "test" in splits: return splits
     n = len(splits["train"])
+    if n < 2: raise ValueError(f"{str(root / 'train')!r} has {n} image: hold-out selection needs at least 2 (or add a test/ split)")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(1, round(val_fraction * n))
     train, held = torch.utils.data.Subset(splits["train"], sorted(perm[n_val:])), torch.utils.data.Subset(splits["train"], sorted(perm[:n_val]))

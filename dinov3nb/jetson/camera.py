@@ -7,6 +7,7 @@ Docs: https://dinov3nb.github.io/dinov3nb/jetson.camera.html.md"""
 # %% ../../nbs/31_jetson.camera.ipynb #9e1cbcdb
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageSequence
 from torch import Tensor
 
+from ..errors import UserError
 from .dense import kmeans
 from ..deploy.runtime import Runtime
 from .plots import label_palette
@@ -53,7 +55,7 @@ def csi_pipeline(
             "video/x-raw, format=(string)BGR ! appsink drop=true max-buffers=1")
 
 # %% ../../nbs/31_jetson.camera.ipynb #c3703d92
-class CameraError(RuntimeError): "A frame source could not be opened or stopped delivering frames."
+class CameraError(UserError, RuntimeError): "A frame source or sink could not be opened, or stopped delivering frames."
 
 _HINTS = {
     "csi": "check the ribbon cable and `ls /dev/video*`, restart the camera daemon "
@@ -122,8 +124,12 @@ class GifSource(FrameSource):
     def __init__(self, path:str|Path, loop:bool=False):
         path = Path(path)
         if not path.is_file(): raise CameraError(f"cannot open GIF {str(path)!r}: {_HINTS['file']}")
-        with Image.open(path) as im:
-            self.frames = [np.ascontiguousarray(np.asarray(f.convert("RGB"))[..., ::-1]) for f in ImageSequence.Iterator(im)]
+        try:
+            with Image.open(path) as im:
+                self.frames = [np.ascontiguousarray(np.asarray(f.convert("RGB"))[..., ::-1]) for f in ImageSequence.Iterator(im)]
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+            raise CameraError(f"cannot read GIF {str(path)!r} ({type(e).__name__}: {e}): check that it is an "
+                              "intact GIF, e.g. by opening it in an image viewer") from None
         self.name, self.loop, self.i = f"GIF {str(path)!r}", loop, 0
     def read(self) -> np.ndarray|None:
         if self.i >= len(self.frames):
@@ -259,10 +265,18 @@ def overlay(
     return out
 
 class WindowSink:
-    "Show frames in an OpenCV window; `q` or Esc stops."
-    def __init__(self, title:str="dinov3nb"): self.title = title
+    "Show frames in an OpenCV window; `q` or Esc stops. Refuses at once when there is no display."
+    def __init__(self, title:str="dinov3nb"):
+        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise CameraError("no display to show the window on ($DISPLAY is not set: SSH, a container or a service): "
+                              "write a video instead with --out result.mp4 (or VideoSink), or run it on the desktop")
+        self.title = title
     def __call__(self, frame:np.ndarray) -> bool:
-        cv2 = _cv2(); cv2.imshow(self.title, frame)
+        cv2 = _cv2()
+        try: cv2.imshow(self.title, frame)
+        except cv2.error as e:
+            raise CameraError(f"this OpenCV cannot open windows ({str(e).strip().splitlines()[-1]}): write a video "
+                              "with --out result.mp4 (or VideoSink), or install an OpenCV with GUI support") from None
         return (cv2.waitKey(1) & 0xFF) not in (ord("q"), 27)
     def close(self):
         try: _cv2().destroyWindow(self.title)

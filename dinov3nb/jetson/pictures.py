@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .dense import PCABasis, feature_stride, kmeans_segment, match_mutual, patch_centers, patch_features
 from .dense import patch_similarity, pca_foreground, pixel_to_patch, similarity_heatmap
 from .plots import render_heatmap, render_labels, render_matches, render_pca, save_png, stamp
@@ -36,7 +37,11 @@ def read_image(
             raise ValueError(f"{spec!r}: skimage.data has no photo {name!r}; try skimage:chelsea, skimage:astronaut or skimage:coffee")
         img = fn()
         return np.asarray(load_image(img[0] if isinstance(img, tuple) else img))
-    return np.asarray(load_image(spec))
+    from PIL import Image
+    try: return np.asarray(load_image(spec))
+    except Image.DecompressionBombError as e:
+        raise UserError(f"{spec!r} is too large to open safely ({e}): shrink it first, or raise "
+                        "PIL.Image.MAX_IMAGE_PIXELS in your own code if you trust the file") from None
 
 # %% ../../nbs/33_jetson.pictures.ipynb #3933bf4b
 def heatmap_picture(
@@ -75,12 +80,16 @@ def kmeans_picture(
     image:np.ndarray, # [H0, W0, 3] uint8 RGB photo
     *,
     size:int=224, # shorter input side in px (snapped to the stride)
-    k:int=4, # number of clusters (at most one per patch)
+    k:int=4, # number of clusters, 1 to the number of patches
     seed:int=0, # k-means++ seed
 ) -> np.ndarray: # [H0, W0, 3] uint8
     "Picture of a KMeans segmentation of the photo's patches."
     pf = patch_features(model, image, size=size)
-    return render_labels(pf.image, kmeans_segment(pf, min(k, pf.grid_hw[0] * pf.grid_hw[1]), seed=seed)[0])
+    (h, w), n = pf.grid_hw, pf.grid_hw[0] * pf.grid_hw[1]
+    if not 1 <= k <= n:
+        raise UserError(f"k={k} clusters for {n} patches (a {h}x{w} grid at size {size}): use 1 <= k <= {n}, "
+                        "or a larger size for more patches")
+    return render_labels(pf.image, kmeans_segment(pf, k, seed=seed)[0])
 
 # %% ../../nbs/33_jetson.pictures.ipynb #73844240
 def match_picture(
@@ -151,7 +160,7 @@ def demo_pictures(
     out_dir = Path(out_dir)
     pictures = {"heatmap": heatmap_picture(model, cat, size=size),
                 "pca": pca_picture(model, read_image(imgs["pca"][0]), size=size),
-                "kmeans": kmeans_picture(model, read_image(imgs["kmeans"][0]), size=size)}
+                "kmeans": kmeans_picture(model, read_image(imgs["kmeans"][0]), size=size, k=min(4, hw[0] * hw[1]))}
     written = {k: save_png(stamp(pic, f"{k}: {imgs[k][1]} | {note}"), out_dir / f"{k}.png") for k, pic in pictures.items()}
     say(f"wrote {len(written)} pictures to {out_dir.resolve()}/: " + ", ".join(p.name for p in written.values()))
     return {"features": feats, "input": x, "pictures": written}
