@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -160,7 +160,7 @@ def make_transform(
     weights:str="lvd", # normalisation of the pretraining set: "lvd" or "sat"
     patch_size:int=16, # p, the ViT patch size
     resize:bool=True, # False: only convert and normalise; the sides must be multiples of `patch_size`
-) -> v2.Compose:
+) -> Callable[[Image.Image], torch.Tensor]:  # a torchvision `v2.Compose`
     "Build a `v2.Compose` mapping an RGB PIL image to a normalised float tensor [3, H, W]."
     from torchvision.transforms import v2
     norm = get_normalization(weights)
