@@ -115,6 +115,8 @@ def save_hf_chmv2(
         raise CheckpointFormatError("transformers CHMv2 has neither BatchNorm nor a projection after fusion: this head cannot be saved as one")
     if dec.fusion_blocks[0].res_conv_unit2.conv1.conv.bias is None:
         raise CheckpointFormatError("transformers CHMv2 residual units have biases: this head (use_bias=False) cannot be saved as one")
+    if any(b <= a for a, b in zip(enc.layers, enc.layers[1:])):
+        raise CheckpointFormatError(f"layers {enc.layers}: transformers backbones need strictly increasing out_indices")
     bb_sd, bb_cfg = official_to_hf_vit(enc.backbone)
     out = {f"backbone.{k}": v for k, v in bb_sd.items()} | {hf_head_name(k): v for k, v in dec.state_dict().items()}
     rb = dec.reassemble_blocks
