@@ -117,6 +117,8 @@ def test_weights_on_meta_are_refused(reference_dir, tmp_path):
     torch.save({"weight": torch.zeros(1000, 8192), "bias": torch.zeros(1000)}, tmp_path / "head.pth")
     with pytest.raises(ValueError, match="meta"):
         dinov3_vit7b16_lc(tmp_path / "head.pth", device="meta")
+    with pytest.raises(ValueError, match="meta"):  # not silently ignored (copying into meta tensors is a no-op)
+        dinov3_vitl16_chmv2(backbone_weights=tmp_path / "head.pth", device="meta")
 
 
 class Evil:

@@ -89,6 +89,9 @@ def load_released(
     backbone_weights:str|Path|None=None, # the backbone checkpoint, any layout `dinov3nb.load` reads
 ) -> nn.Module:
     "Load a released head file and/or backbone file, or one combined state dict, into `model`, strictly."
+    if (weights is not None or backbone_weights is not None) and any(t.is_meta for t in model.state_dict().values()):
+        raise ValueError("device='meta' builds shapes only and cannot hold weights: build on 'cpu' or 'cuda' to load "
+                         f"{weights if weights is not None else backbone_weights}")
     if weights is not None:
         sd = read_tensors(weights)
         if any(k.startswith((head.backbone_prefix, head.head_prefix)) for k in sd):  # a combined state dict
