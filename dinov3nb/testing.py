@@ -7,7 +7,9 @@ Docs: https://dinov3nb.github.io/dinov3nb/testing.html.md"""
 # %% ../nbs/99_testing.ipynb #7f81e0f8
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -20,11 +22,16 @@ from .models.convnext import ConvNeXt
 from .train.losses import DINOHead, sinkhorn_knopp, update_center, softmax_center_teacher
 from .train.losses import dino_loss, ibot_loss_masked, ibot_loss_full, koleo_loss, gram_loss
 from .train.ssl_step import SSLLossConfig, ssl_model, head_from_official, ssl_forward_backward
+from .models.backbones import n_parameters
+from .heads.loading import load_state_strict
+from .heads.classifier import LinearClassifier, linear_input
+from .heads.depth import DepthHeadConfig, build_depther, flip_tta
 
 # %% auto #0
-__all__ = ['SSL_REFERENCE_BOUNDS', 'reference_dir', 'max_rel_diff', 'vit_reference_diffs', 'check_vit_reference',
+__all__ = ['SSL_REFERENCE_BOUNDS', 'HEADS_BOUNDS', 'reference_dir', 'max_rel_diff', 'vit_reference_diffs', 'check_vit_reference',
            'check_multicrop_reference', 'convnext_reference_diffs', 'check_convnext_reference',
-           'losses_reference_diffs', 'load_ssl_reference', 'ssl_step_reference_diffs', 'check_ssl_step_reference']
+           'losses_reference_diffs', 'load_ssl_reference', 'ssl_step_reference_diffs', 'check_ssl_step_reference',
+           'heads_reference_outputs', 'heads_bound', 'heads_reference_diffs', 'check_heads_reference']
 
 # %% ../nbs/99_testing.ipynb #50ad7029
 def reference_dir() -> Path|None:
@@ -226,4 +233,96 @@ def check_ssl_step_reference(name:str="ssl_step", ref:Path|None=None) -> dict[st
     diffs = ssl_step_reference_diffs(name, ref)
     bad = {k: v for k, v in diffs.items() if not v <= (loss_tol if k.startswith("out.") else grad_tol)}
     if bad: raise AssertionError(f"{name}: terms off by more than ({loss_tol}, {grad_tol}) relative: {bad}")
+    return diffs
+
+# %% ../nbs/99_testing.ipynb #4eadc4ca
+def _heads_case(manifest:dict, case:str) -> tuple[str, dict]:
+    "Find a heads case by its manifest name (`depther`) or its file stem (`depther_dpt`)."
+    cases = manifest["cases"]
+    if case in cases: return case, cases[case]
+    for name, entry in cases.items():
+        if Path(entry.get("file", "")).stem == case: return name, entry
+    raise KeyError(f"no case {case!r}: the manifest has {sorted(cases)} "
+                   f"(files {sorted(Path(e.get('file', '')).stem for e in cases.values())})")
+
+def _heads_model(entry:dict, state:dict) -> torch.nn.Module:
+    "Rebuild the hub module of a heads case from its manifest entry (the classes count from `state`)."
+    backbone = DinoVisionTransformer(**entry["backbone_kwargs"])
+    if entry["module"] == "_LinearClassifierWrapper":
+        return LinearClassifier(backbone, n_classes=state["linear_head.weight"].shape[0])
+    if entry["module"] == "Depther":
+        cfg = DepthHeadConfig.from_official(entry["decoder_config"])
+        cfg.backbone_out_layers = entry.get("backbone_out_indices", cfg.backbone_out_layers)
+        return build_depther(backbone, cfg)
+    raise NotImplementedError(f"no dinov3nb rebuild of the official {entry['module']} yet")
+
+# %% ../nbs/99_testing.ipynb #4eadc81e
+def _replay_classifier(model, x:Tensor) -> dict[str, Tensor]:
+    f = model.backbone.forward_features(x)
+    lin = linear_input(f)
+    return {"x_norm_clstoken": f["x_norm_clstoken"], "x_norm_patchtokens": f["x_norm_patchtokens"],
+            "linear_input": lin, "logits": model.linear_head(lin)}
+
+def _replay_depther(model, x:Tensor, flip:bool) -> dict[str, Tensor]:
+    s = model.forward_stages(x)
+    out = {"padded_image": s["padded_image"], "decoder.features": s["features"], "bin_logits": s["bin_logits"],
+           "depth": s["depth"]}
+    for l, (patch, cls) in enumerate(s["encoder"]): out |= {f"encoder.{l}.patch": patch, f"encoder.{l}.cls": cls}
+    for stage in ("reassemble", "convs", "fusion"): out |= {f"decoder.{stage}.{l}": v for l, v in enumerate(s[stage])}
+    if flip: out["depth_tta_flip"] = flip_tta(model, x)
+    return out
+
+def heads_reference_outputs(
+    case:str, # manifest name (`depther`) or file stem (`depther_dpt`)
+    ref:Path|None=None, # a folder in the `reference/heads` layout (default: the shared one)
+) -> dict[str, tuple[Tensor, Tensor]]:
+    "Rebuild heads `case` from `manifest.json`, load `state.*` strictly, replay every input: `{name: (ours, official)}`."
+    ref = Path(ref or reference_dir() / "heads")
+    name, entry = _heads_case(json.loads((ref / "manifest.json").read_text()), case)
+    t = load_file(ref / entry["file"])
+    state = {k[len("state."):]: v for k, v in t.items() if k.startswith("state.")}
+    model = _heads_model(entry, state).eval()
+    load_state_strict(model, state, f"{entry['file']} (state.*)", f"the rebuilt {entry['module']}")
+    if "n_params" in entry and n_parameters(model) != entry["n_params"]:
+        raise AssertionError(f"{name}: {n_parameters(model)} parameters, official {entry['n_params']}")
+    inputs = sorted(k for k in t if re.fullmatch(r"in\d+\.image", k))
+    pairs = {}
+    with torch.no_grad():
+        for key in inputs:
+            i, x = key.split(".")[0], t[key]
+            ours = (_replay_classifier(model, x) if entry["module"] == "_LinearClassifierWrapper"
+                    else _replay_depther(model, x, flip=f"{i}.depth_tta_flip" in t))
+            for k, v in ours.items():
+                if f"{i}.{k}" not in t: continue  # e.g. bin logits are stored for in0 only
+                if v.shape != t[f"{i}.{k}"].shape:
+                    raise AssertionError(f"{name}: {i}.{k} has shape {list(v.shape)}, official {list(t[f'{i}.{k}'].shape)}")
+                pairs[f"{i}.{k}"] = (v, t[f"{i}.{k}"])
+    unchecked = sorted(k for k in t if not k.startswith("state.") and k not in inputs and k not in pairs)
+    if unchecked: raise AssertionError(f"{name}: stored tensors not compared: {unchecked}")
+    absent = sorted(set(entry.get("tensors", {})) - set(t))
+    if absent: raise AssertionError(f"{name}: the manifest lists tensors the file lacks: {absent}")
+    return pairs
+
+# %% ../nbs/99_testing.ipynb #4eada87f
+HEADS_BOUNDS = [("*.depth*", 1e-4, 1e-5), ("*boxes*", 1e-4, 1e-5), ("*reference*", 1e-4, 1e-5),  # metres, pixels
+                ("*.proposals", 1e-4, 1e-5), ("*", 1e-4, 0.0)]  # (name pattern, atol, rtol): the reference README's
+
+def heads_bound(name:str, ref:Tensor) -> tuple[float, float]:
+    "Return `(atol, rtol)` of stored tensor `name`: `|ours - ref| <= atol + rtol * |ref|` (integers: exact)."
+    if not ref.is_floating_point(): return 0.0, 0.0
+    return next((a, r) for pat, a, r in HEADS_BOUNDS if fnmatch.fnmatchcase(name, pat))
+
+def heads_reference_diffs(case:str, ref:Path|None=None) -> dict[str, float]:
+    "Max abs difference of every stored tensor of heads reference `case` (rebuilt from the manifest, inputs replayed)."
+    return {k: (a.double() - b.double()).abs().max().item() for k, (a, b) in heads_reference_outputs(case, ref).items()}
+
+def check_heads_reference(case:str, ref:Path|None=None) -> dict[str, float]:
+    "Assert every stored tensor of heads reference `case` is within its README bound; return the max abs diffs."
+    diffs, bad = {}, {}
+    for k, (a, b) in heads_reference_outputs(case, ref).items():
+        err, b = (a.double() - b.double()).abs(), b.double()
+        atol, rtol = heads_bound(k, b)
+        diffs[k] = err.max().item()
+        if not (err <= atol + rtol * b.abs()).all(): bad[k] = f"max abs {diffs[k]:.2e} (bound {atol:g} + {rtol:g}|ref|)"
+    if bad: raise AssertionError(f"{case}: tensors off by more than the README bound: {bad}")
     return diffs
