@@ -124,3 +124,13 @@ def test_library_chapters_do_not_import_test_support():
 def test_modules_are_small(path):
     n = len(path.read_text().splitlines())
     assert n <= MAX_LINES, f"{path.relative_to(PKG.parent)} has {n} lines (at most {MAX_LINES}): split it by concept"
+
+
+def test_every_subpackage_is_packaged():
+    "A wheel holds every chapter: `packages.find` must match each folder with an `__init__.py`."
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    from setuptools import find_packages
+    cfg = tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packaged = set(find_packages(str(PKG.parent), include=cfg["include"]))
+    folders = {module_name(p) for p in PKG.rglob("__init__.py")}
+    assert folders - packaged == set(), f"not in the wheel: {sorted(folders - packaged)}"
