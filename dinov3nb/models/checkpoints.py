@@ -7,8 +7,11 @@ Docs: https://dinov3nb.github.io/dinov3nb/models.checkpoints.html.md"""
 # %% ../../nbs/04_models.checkpoints.ipynb #e12732a3
 from __future__ import annotations
 
+import difflib
 import json
+import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -18,56 +21,75 @@ from .vit import DinoVisionTransformer, ViTConfig
 from .convnext import ConvNeXt, ConvNeXtConfig
 from .presets import match_preset
 from .convert import CheckpointError, CheckpointFormatError, to_official, hf_vit_config, infer_config
-from .convert import official_to_hf_vit, official_to_hf_convnext, official_to_timm_vit
+from .convert import official_to_hf_vit, official_to_hf_convnext, official_to_timm_vit, official_to_timm_convnext
+from .safety import CheckpointReadError, UnsafeCheckpointError, DCP_METADATA_GLOBALS
+from .safety import readable_file, safe_torch_load, unsafe_globals, unsafe_message
 
 # %% auto #0
-__all__ = ['CheckpointReadError', 'UnsafeCheckpointError', 'CheckpointMismatchError', 'read_checkpoint', 'read_state_dict',
-           'load', 'load_weights_into', 'save', 'save_hf', 'to_timm_state_dict']
+__all__ = ['WHICH', 'CheckpointMismatchError', 'NonFiniteWeightsWarning', 'check_which', 'read_checkpoint', 'read_state_dict',
+           'load', 'load_weights_into', 'independent', 'save', 'save_hf', 'to_timm_state_dict']
 
 # %% ../../nbs/04_models.checkpoints.ipynb #f772090f
-class CheckpointReadError(CheckpointError): "The file is missing, truncated or corrupted."
-class UnsafeCheckpointError(CheckpointError): "The file is a pickle that would run code when loaded."
 class CheckpointMismatchError(CheckpointError): "The checkpoint does not fit the model it is loaded into."
+class NonFiniteWeightsWarning(UserWarning): "The checkpoint holds NaN or infinite weights: the model will output NaN."
+
+WHICH = ("teacher", "student", "gram_teacher")  # the backbones a training checkpoint can hold
+
+def check_which(which:str) -> str:
+    "Return `which` if it names a backbone of a training checkpoint, else raise a `ValueError` listing the valid names."
+    if which in WHICH: return which
+    close = difflib.get_close_matches(str(which), WHICH, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"which={which!r} is not a backbone of a training checkpoint: use one of {', '.join(map(repr, WHICH))}{hint}")
 
 # %% ../../nbs/04_models.checkpoints.ipynb #94794186
-def _torch_load(path:Path) -> object:
-    "Load a pickle checkpoint with `weights_only=True`, turning failures into clear errors."
-    import pickle
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if re.search(r"Unsupported global|GLOBAL |not an allowed global", str(e)):
-            raise UnsafeCheckpointError(
-                f"refused to load {path}: it is a pickle that needs code execution to load (weights_only=True "
-                f"rejected it: {_first_global(str(e))}). If you trust the file, convert it once to "
-                "safetensors in a separate trusted session and load that instead.") from None
-        raise CheckpointReadError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupted?): {e}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, IndexError) as e:
-        raise CheckpointReadError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupted?): "
-                                  f"{type(e).__name__}: {str(e)[:200]}") from None
-
-def _first_global(msg:str) -> str:
-    "Pull the offending `module.name` out of torch's weights_only error message."
-    m = re.search(r"(?:Unsupported global|GLOBAL)[:\s]+(?:GLOBAL\s+)?([\w.]+)", msg)
-    return f"it imports {m[1]}" if m else msg.splitlines()[0][:200]
-
 def _safetensors_load(path:Path) -> tuple[dict, dict]:
     "Load a safetensors file and its metadata, turning failures into clear errors."
     from safetensors import safe_open
+    path = readable_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-    except Exception as e:
-        raise CheckpointReadError(f"{path} is not a readable safetensors file (truncated or corrupted?): "
-                                  f"{type(e).__name__}: {str(e)[:200]}") from None
+    except Exception as e:  # safetensors raises its own SafetensorError, OSError or ValueError
+        raise CheckpointReadError(f"{path} is not a readable safetensors file (truncated or corrupted): "
+                                  f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+def _read_hf_config(path:Path) -> dict:
+    "Parse the `config.json` of a Hugging Face model folder, or say what is wrong with it."
+    try: config = json.loads(readable_file(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        where = f" (line {e.lineno}, column {e.colno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
+        raise CheckpointReadError(f"{path} is not valid JSON{where}: not a Hugging Face config") from None
+    if not isinstance(config, dict):
+        raise CheckpointFormatError(f"{path} holds {_JSON_TYPES.get(type(config), 'null')}, not an object of settings: "
+                                    "not a Hugging Face config")
+    return config
 
 # %% ../../nbs/04_models.checkpoints.ipynb #89de7214
-def _unwrap(obj:object, which:str="teacher") -> dict[str, Tensor]:
-    "Find the backbone state dict inside a checkpoint object (training checkpoints, wrappers, prefixes)."
-    if not isinstance(obj, dict): raise CheckpointFormatError(f"expected a dict of tensors, found {type(obj).__name__}")
-    for key in (which, "teacher", "model_ema", "model", "state_dict", "module"):
-        if key in obj and isinstance(obj[key], dict): return _unwrap(obj[key], which)
+_PARTS = {"teacher": ("teacher", "model_ema"), "student": ("student",), "gram_teacher": ("gram_teacher",)}
+
+def _has_tensors(obj) -> bool: return isinstance(obj, dict) and any(isinstance(v, Tensor) or _has_tensors(v) for v in obj.values())
+
+def _unwrap(obj:object, which:str, path) -> dict[str, Tensor]:
+    "Find the `which` backbone's state dict inside a checkpoint object (training checkpoints, wrappers, prefixes)."
+    if isinstance(obj, Tensor):
+        raise CheckpointFormatError(f"{path} holds a single tensor of shape {list(obj.shape)}, not a state dict: save "
+                                    "`model.state_dict()` (a dict of named tensors) instead")
+    if not isinstance(obj, dict):
+        raise CheckpointFormatError(f"{path} holds a {type(obj).__name__}, not a state dict (a dict of named tensors)")
+    if any(isinstance(obj.get(k), dict) for keys in _PARTS.values() for k in keys):  # a training checkpoint
+        part = next((obj[k] for k in _PARTS[which] if _has_tensors(obj.get(k))), None)
+        if part is None:
+            have = [w for w, keys in _PARTS.items() if any(_has_tensors(obj.get(k)) for k in keys)]
+            raise CheckpointFormatError(f"{path} is a training checkpoint without a {which!r} backbone; it holds "
+                                        f"{' and '.join(map(repr, have)) or 'no backbone'}: pass which= one of those")
+        return _unwrap(part, which, path)
+    for key in ("model", "state_dict", "module"):
+        if isinstance(obj.get(key), dict): return _unwrap(obj[key], which, path)
     sd = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not sd: raise CheckpointFormatError(f"{path} holds a dict without tensors (keys: {sorted(map(str, obj))[:6]}): not a checkpoint")
     if any(k.startswith("backbone.") for k in sd):
         sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
     if sd and all(k.startswith("module.") for k in sd): sd = {k[len("module."):]: v for k, v in sd.items()}
@@ -75,44 +97,51 @@ def _unwrap(obj:object, which:str="teacher") -> dict[str, Tensor]:
 
 def read_checkpoint(path:str|Path) -> dict:
     "The full state of a training checkpoint: a `.pt` file, or a sharded folder gathered into memory."
-    path = Path(path)
-    if not path.is_dir(): return torch.load(path, map_location="cpu", weights_only=True)
+    path = Path(path).expanduser()
+    if not path.is_dir(): return safe_torch_load(path)
     if not (path / "trainer_state.pt").is_file():
         raise FileNotFoundError(f"{path} is not a sharded checkpoint of dinov3nb training (no trainer_state.pt)")
+    if bad := unsafe_globals(path / ".metadata", allow=DCP_METADATA_GLOBALS):  # DCP unpickles it with pickle.load
+        raise UnsafeCheckpointError(unsafe_message(path / ".metadata", bad))
     import tempfile
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
     with tempfile.TemporaryDirectory() as d:  # DCP gathers the shards into one torch.save file
-        dcp_to_torch_save(path, Path(d) / "full.pt")
-        tensors = torch.load(Path(d) / "full.pt", map_location="cpu", weights_only=True)
-    meta = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+        try: dcp_to_torch_save(path, Path(d) / "full.pt")
+        except Exception as e:  # a missing or cut shard file: DCP raises whatever its reader met
+            raise CheckpointReadError(f"{path}: its shards are unreadable (truncated or corrupted?): "
+                                      f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+        tensors = safe_torch_load(Path(d) / "full.pt")
+    meta = safe_torch_load(path / "trainer_state.pt")
     groups = meta.pop("optimizer_param_groups")
     return meta | {"student": tensors["student"], "teacher": tensors["teacher"], "gram_teacher": tensors.get("gram_teacher", {}),
                    "optimizer": {"state": tensors.get("optimizer", {}), "param_groups": groups},
-                   "rng": torch.load(path / "rng_rank0.pt", weights_only=True)}
+                   "rng": safe_torch_load(path / "rng_rank0.pt")}
 
 def read_state_dict(
     path:str|Path, # .pth/.pt/.bin, .safetensors, a Hugging Face model directory, or a sharded training checkpoint folder
-    which:str="teacher", # for training checkpoints: "teacher" or "student"
+    which:str="teacher", # for training checkpoints: "teacher", "student" or "gram_teacher"
 ) -> tuple[dict[str, Tensor], dict]:
     "Read the tensors of a checkpoint and what is known about it (`info`: path, HF config, metadata)."
-    path = Path(path).expanduser()
+    which, path = check_which(which), Path(path).expanduser()
     if not path.exists(): raise CheckpointReadError(f"no checkpoint at {path}: check the path")
     info = {"path": str(path), "hf_config": None, "metadata": {}}
     if path.is_dir() and (path / "trainer_state.pt").is_file():  # a sharded (FSDP2) training checkpoint folder
-        return _unwrap(read_checkpoint(path), which), info
+        return _unwrap(read_checkpoint(path), which, path), info
     if path.is_dir():
-        cfg = path / "config.json"
-        if not cfg.exists(): raise CheckpointReadError(f"{path} is a directory without config.json: not a Hugging Face model")
-        info["hf_config"] = json.loads(cfg.read_text())
+        if not (path / "config.json").is_file():
+            raise CheckpointFormatError(f"{path} is a folder but not a checkpoint: neither a Hugging Face model (config.json "
+                                        "+ model.safetensors) nor a sharded training checkpoint (trainer_state.pt)")
+        info["hf_config"] = _read_hf_config(path / "config.json")
         files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
-        if not files: raise CheckpointReadError(f"{path} has a config.json but no model.safetensors / pytorch_model.bin")
+        if not files: raise CheckpointReadError(f"{path} has a config.json but no model.safetensors / pytorch_model.bin: "
+                                                "the weights are missing (download them too)")
         sd = {}
-        for f in files: sd.update(_safetensors_load(f)[0] if f.suffix == ".safetensors" else _unwrap(_torch_load(f)))
+        for f in files: sd.update(_safetensors_load(f)[0] if f.suffix == ".safetensors" else _unwrap(safe_torch_load(f), which, f))
         return sd, info
     if path.suffix == ".safetensors":
         sd, info["metadata"] = _safetensors_load(path)
-        return _unwrap(sd, which), info
-    return _unwrap(_torch_load(path), which), info
+        return _unwrap(sd, which, path), info
+    return _unwrap(safe_torch_load(path), which, path), info
 
 # %% ../../nbs/04_models.checkpoints.ipynb #743823e1
 def _dataset_of(info:dict, cfg) -> str:
@@ -123,19 +152,39 @@ def _dataset_of(info:dict, cfg) -> str:
     if isinstance(cfg, ViTConfig) and cfg.embed_dim == 1024 and cfg.untie_global_and_local_cls_norm: return "sat493m"
     return "lvd1689m"
 
+def _official(sd:dict[str, Tensor], info:dict, path) -> tuple[dict[str, Tensor], str]:
+    "`to_official` with the file's name on every error: an unknown layout, or a known one with tensors missing."
+    try: return to_official(sd, info)
+    except CheckpointFormatError as e: raise CheckpointFormatError(f"{path}: {e}") from None
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as e: raise _malformed(path, e) from None
+
+def _malformed(path, e:Exception) -> CheckpointFormatError:
+    what = f"lacks the tensor {e.args[0]!r}" if isinstance(e, KeyError) and e.args else f"is malformed ({e})"
+    return CheckpointFormatError(f"{path} looks like a DINOv3 checkpoint but {what}: is it complete?")
+
+def _config_of(sd:dict[str, Tensor], info:dict, fmt:str, path) -> ViTConfig|ConvNeXtConfig:
+    "The config stored in our metadata, else the Hugging Face config, else the one the tensors show."
+    meta = info.get("metadata") or {}
+    if "dinov3nb.config" in meta:
+        try: return _config_from_json(meta["dinov3nb.config"])
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise CheckpointFormatError(f"{path}: its dinov3nb.config metadata is not a valid model config ({e}); "
+                                        "the file was edited or written by another program") from None
+    try:
+        return hf_vit_config(info["hf_config"], sd) if fmt == "hf_vit" else infer_config(sd)
+    except CheckpointFormatError as e: raise CheckpointFormatError(f"{path}: {e}") from None
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as e: raise _malformed(path, e) from None
+
 def load(
     path:str|Path, # any supported checkpoint (file or Hugging Face directory)
     *,
     device=None,
-    which:str="teacher", # for training checkpoints
+    which:str="teacher", # for training checkpoints: "teacher", "student" or "gram_teacher"
 ) -> nn.Module:
     "Read a checkpoint of any supported layout, build the model it describes and load it strictly."
     sd, info = read_state_dict(path, which)
-    sd, fmt = to_official(sd, info)
-    meta = info.get("metadata") or {}
-    if "dinov3nb.config" in meta: cfg = _config_from_json(meta["dinov3nb.config"])
-    elif fmt == "hf_vit": cfg = hf_vit_config(info["hf_config"], sd)
-    else: cfg = infer_config(sd)
+    sd, fmt = _official(sd, info, path)
+    cfg = _config_of(sd, info, fmt, path)
     model = (ConvNeXt if isinstance(cfg, ConvNeXtConfig) else DinoVisionTransformer)(cfg, device=device)
     _load_checked(model, sd, path)
     dataset = _dataset_of(info, cfg)
@@ -149,8 +198,19 @@ def _describe_cfg(cfg) -> str:
     return (f"ViT D={cfg.embed_dim} depth={cfg.depth} heads={cfg.num_heads} {cfg.ffn_layer}x{cfg.ffn_ratio:g} "
             f"registers={cfg.n_storage_tokens}")
 
+def _warn_non_finite(sd:dict[str, Tensor], path) -> None:
+    "Warn (`NonFiniteWeightsWarning`) naming the tensors of `sd` that hold NaN or infinite values."
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in sd.items()
+           if (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()}
+    if not bad: return
+    named = ", ".join(f"{k} ({n} of {sd[k].numel()})" for k, n in list(bad.items())[:5])
+    more = f" and {len(bad) - 5} more tensors" if len(bad) > 5 else ""
+    warnings.warn(f"{path} holds {sum(bad.values())} non-finite values (NaN or Inf) in {len(bad)} tensors: {named}{more}. "
+                  "The model will output NaN; the file probably comes from a diverged training run: use an earlier checkpoint.",
+                  NonFiniteWeightsWarning, stacklevel=4)  # point at the caller of `load`
+
 def _load_checked(model:nn.Module, sd:dict[str, Tensor], path) -> None:
-    "Load `sd` strictly into `model`, or raise a `CheckpointMismatchError` listing what differs."
+    "Load `sd` strictly into `model`, or raise a `CheckpointMismatchError` listing what differs; warn about NaN/Inf."
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -164,12 +224,13 @@ def _load_checked(model:nn.Module, sd:dict[str, Tensor], path) -> None:
                  (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if x]
         raise CheckpointMismatchError(f"{path} does not fit this model ({'; '.join(parts)}). The file looks like "
                                       f"{looks}; use dinov3nb.load({str(path)!r}) to build the matching model.")
+    _warn_non_finite(sd, path)
     model.load_state_dict(sd, strict=True)
 
 def load_weights_into(model:nn.Module, path:str|Path, which:str="teacher") -> nn.Module:
     "Load checkpoint `path` (any supported layout) into an existing `model`, strictly."
     sd, info = read_state_dict(path, which)
-    sd, _ = to_official(sd, info)
+    sd, _ = _official(sd, info, path)
     _load_checked(model, sd, path)
     return model
 
@@ -183,32 +244,56 @@ def _config_from_json(s:str) -> ViTConfig|ConvNeXtConfig:
     d = json.loads(s); fam = d.pop("family")
     return ConvNeXtConfig(**d) if fam == "convnext" else ViTConfig(**d)
 
-def save(model:nn.Module, path:str|Path) -> Path:
-    "Write `model` as an official-layout safetensors file with its config in the metadata."
-    from safetensors.torch import save_file
-    path = Path(path)
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith("norms.3.")}
-    save_file(sd, str(path), metadata={"dinov3nb.config": _config_json(model),
-                                       "dinov3nb.normalization": getattr(model, "normalization", "lvd")})
+def independent(sd:dict[str, Tensor]) -> dict[str, Tensor]:
+    "Detached, contiguous tensors that share no memory: a second name of a tensor (an alias) gets its own copy."
+    seen, out = set(), {}
+    for k, v in sd.items():
+        v = v.detach().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        if v.numel() and ptr in seen: v = v.clone()  # memory of an earlier tensor: safetensors refuses to write both
+        seen.add(ptr); out[k] = v
+    return out
+
+def _atomic(path:Path, write) -> Path:
+    "Call `write(tmp)` on a temporary file beside `path`, then move it to `path`: a failed write leaves `path` as it was."
+    if path.is_dir(): raise IsADirectoryError(f"cannot write {path}: it is a folder")
+    if not path.parent.is_dir(): raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
     return path
+
+def _write_safetensors(sd:dict[str, Tensor], path:Path, metadata:dict[str, str]) -> Path:
+    "Write `sd` (aliases and views copied apart) to `path` as safetensors, atomically."
+    from safetensors.torch import save_file
+    return _atomic(path, lambda tmp: save_file(independent(sd), str(tmp), metadata=metadata))
+
+def save(model:nn.Module, path:str|Path) -> Path:
+    "Write `model` as an official-layout safetensors file (every official key) with its config in the metadata."
+    return _write_safetensors(model.state_dict(), Path(path), {"dinov3nb.config": _config_json(model),
+                                                               "dinov3nb.normalization": getattr(model, "normalization", "lvd")})
 
 # %% ../../nbs/04_models.checkpoints.ipynb #bcfda346
 def save_hf(model:nn.Module, directory:str|Path) -> Path:
     "Write `model` as a Hugging Face directory (`config.json` + `model.safetensors`) that transformers loads."
-    from safetensors.torch import save_file
-    directory = Path(directory); directory.mkdir(parents=True, exist_ok=True)
+    directory = Path(directory)
     if isinstance(model, ConvNeXt):
         sd = official_to_hf_convnext(model.state_dict())
         c = model.cfg
         config = {"model_type": "dinov3_convnext", "architectures": ["DINOv3ConvNextModel"], "hidden_sizes": list(c.dims),
                   "depths": list(c.depths), "num_channels": c.in_chans, "layer_norm_eps": 1e-6,
                   "layer_scale_init_value": c.layer_scale_init_value, "hidden_act": "gelu"}
-    else: sd, config = official_to_hf_vit(model)
-    save_file({k: v.detach().contiguous() for k, v in sd.items()}, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    else: sd, config = official_to_hf_vit(model)  # raises before anything is written if HF cannot hold this ViT
+    if directory.exists() and not directory.is_dir(): raise NotADirectoryError(f"cannot write {directory}: it is a file")
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_safetensors(sd, directory / "model.safetensors", {"format": "pt"})
+    _atomic(directory / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
     return directory
 
-def to_timm_state_dict(model:DinoVisionTransformer) -> dict[str, Tensor]:
-    "Return `model`'s weights in timm's `vit_*_dinov3` layout."
-    if not isinstance(model, DinoVisionTransformer): raise CheckpointFormatError("timm has DINOv3 ViTs only, no ConvNeXt")
-    return official_to_timm_vit(model.state_dict())
+def to_timm_state_dict(model:DinoVisionTransformer|ConvNeXt) -> dict[str, Tensor]:
+    "Return `model`'s weights in timm's layout: `vit_*_dinov3` for a ViT, `convnext_*` (`.dinov3_lvd1689m`) for a ConvNeXt."
+    if isinstance(model, ConvNeXt): return independent(official_to_timm_convnext(model.state_dict()))
+    if isinstance(model, DinoVisionTransformer): return independent(official_to_timm_vit(model.state_dict()))
+    raise CheckpointFormatError(f"timm has DINOv3 ViTs and ConvNeXts only, not a {type(model).__name__}")

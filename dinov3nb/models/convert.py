@@ -17,9 +17,10 @@ from .vit import DinoVisionTransformer, ViTConfig
 from .convnext import ConvNeXtConfig
 
 # %% auto #0
-__all__ = ['CheckpointError', 'CheckpointFormatError', 'detect_format', 'hf_vit_to_official', 'hf_vit_config',
-           'hf_convnext_to_official', 'official_to_hf_convnext', 'timm_vit_to_official', 'official_to_timm_vit',
-           'infer_config', 'to_official', 'official_to_hf_vit']
+__all__ = ['CheckpointError', 'CheckpointFormatError', 'detect_format', 'check_hf_vit_config', 'hf_vit_to_official',
+           'hf_vit_config', 'hf_convnext_to_official', 'official_to_hf_convnext', 'timm_vit_to_official',
+           'official_to_timm_vit', 'timm_convnext_to_official', 'official_to_timm_convnext', 'infer_config',
+           'tie_convnext_norms', 'to_official', 'official_to_hf_vit']
 
 # %% ../../nbs/04a_models.convert.ipynb #5ed671d8
 class CheckpointError(ValueError): "A checkpoint could not be used; the message says why and what to do."
@@ -27,19 +28,31 @@ class CheckpointFormatError(CheckpointError): "The tensors do not look like any 
 
 # %% ../../nbs/04a_models.convert.ipynb #10e16f22
 def detect_format(sd:dict[str, Tensor], hf_config:dict|None=None) -> str:
-    "Name the layout of a state dict: `official_vit`, `official_convnext`, `hf_vit`, `hf_convnext` or `timm_vit`."
+    "Name the layout of a state dict: `official_vit`, `official_convnext`, `hf_vit`, `hf_convnext`, `timm_vit` or `timm_convnext`."
     keys = set(sd)
     has = lambda pat: any(re.search(pat, k) for k in keys)
     if "embeddings.cls_token" in keys or has(r"(^|\.)layer\.\d+\.attention\.q_proj"): return "hf_vit"
     if has(r"stages\.\d+\.layers\.\d+\.depthwise_conv"): return "hf_convnext"
     if "downsample_layers.0.0.weight" in keys: return "official_convnext"
+    if "stem.0.weight" in keys and has(r"^stages\.\d+\.blocks\.\d+\.conv_dw\."): return "timm_convnext"
     if "reg_token" in keys or has(r"^blocks\.\d+\.gamma_1$") or has(r"\.mlp\.fc1_g\."): return "timm_vit"
     if "patch_embed.proj.weight" in keys and has(r"^blocks\.\d+\.attn\.qkv\.weight$"): return "official_vit"
-    sample = sorted(keys)[:6]
+    sample = sorted(map(str, keys))[:6]
     raise CheckpointFormatError(f"unrecognised checkpoint layout (first keys: {sample}); supported: Meta DINOv3 "
-                                "ViT/ConvNeXt, Hugging Face DINOv3ViT/DINOv3ConvNext, timm vit_*_dinov3")
+                                "ViT/ConvNeXt, Hugging Face DINOv3ViT/DINOv3ConvNext, timm vit_*_dinov3/convnext_*")
 
 # %% ../../nbs/04a_models.convert.ipynb #7a086c9e
+_HF_VIT_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+def check_hf_vit_config(config:object) -> dict:
+    "Return `config` if it is a `DINOv3ViTConfig` dict with positive integer sizes, else raise a `CheckpointFormatError`."
+    if not isinstance(config, dict):
+        raise CheckpointFormatError(f"the Hugging Face config holds a {type(config).__name__}, not an object of settings")
+    bad = [k for k in _HF_VIT_SIZES if type(config.get(k)) is not int or config[k] <= 0]
+    if bad: raise CheckpointFormatError(f"the Hugging Face config.json has no valid {', '.join(bad)} (positive integers): "
+                                        "not a DINOv3ViT config; use the config.json that came with the weights")
+    return config
+
 _HF_VIT_RENAMES = [  # (Hugging Face suffix, our suffix) inside a block
     ("norm1.", "norm1."), ("norm2.", "norm2."), ("attention.o_proj.", "attn.proj."),
     ("layer_scale1.lambda1", "ls1.gamma"), ("layer_scale2.lambda1", "ls2.gamma"),
@@ -49,7 +62,7 @@ _HF_VIT_RENAMES = [  # (Hugging Face suffix, our suffix) inside a block
 def hf_vit_to_official(sd:dict[str, Tensor], config:dict) -> dict[str, Tensor]:
     "Convert a Hugging Face `DINOv3ViTModel` state dict to Meta's layout."
     sd = {re.sub(r"^(model\.|dinov3\.)", "", k): v for k, v in sd.items()}
-    gated, D = bool(config.get("use_gated_mlp")), config["hidden_size"]
+    gated, D = bool(check_hf_vit_config(config).get("use_gated_mlp")), config["hidden_size"]
     out = {"cls_token": sd["embeddings.cls_token"], "mask_token": sd["embeddings.mask_token"].reshape(1, D),
            "patch_embed.proj.weight": sd["embeddings.patch_embeddings.weight"],
            "patch_embed.proj.bias": sd["embeddings.patch_embeddings.bias"],
@@ -77,7 +90,7 @@ def hf_vit_to_official(sd:dict[str, Tensor], config:dict) -> dict[str, Tensor]:
 
 def hf_vit_config(config:dict, sd:dict[str, Tensor]) -> ViTConfig:
     "Translate a Hugging Face `DINOv3ViTConfig` (as a dict) to our `ViTConfig`."
-    D, hidden = config["hidden_size"], config["intermediate_size"]
+    D, hidden = check_hf_vit_config(config)["hidden_size"], config["intermediate_size"]
     gated = bool(config.get("use_gated_mlp"))
     if gated and config.get("hidden_act", "gelu") != "silu":
         raise CheckpointFormatError(f"gated MLP with hidden_act={config.get('hidden_act', 'gelu')!r}: DINOv3's SwiGLU uses "
@@ -165,14 +178,54 @@ def _default_heads(D:int) -> int:
 
 def official_to_timm_vit(sd:dict[str, Tensor]) -> dict[str, Tensor]:
     "Convert our ViT state dict to timm's `vit_*_dinov3` layout."
+    if "cls_norm.weight" in sd:
+        raise CheckpointFormatError("timm's vit_*_dinov3 has no separate cls_norm: a ViT with untie_cls_and_patch_norms "
+                                    "cannot be written in timm's layout (use safetensors)")
+    D = sd["cls_token"].shape[-1]
+    implied = rope_periods(D // _default_heads(D), base=100.0)  # what a reader of timm's layout rebuilds
+    if "rope_embed.periods" in sd and (sd["rope_embed.periods"].shape != implied.shape or
+                                       not torch.allclose(sd["rope_embed.periods"].float().cpu(), implied)):
+        raise CheckpointFormatError(f"timm's layout stores no head count or RoPE base: readers assume heads of width "
+                                    f"{D // _default_heads(D)} and base 100, as in every released DINOv3 ViT, but this ViT "
+                                    f"has heads of width {4 * sd['rope_embed.periods'].shape[0]} or another base; it cannot "
+                                    "be written in timm's layout without changing its outputs (use safetensors)")
     swiglu = any(".mlp.w1." in k for k in sd)
     out = {}
     for k, v in sd.items():
-        if k in ("mask_token", "rope_embed.periods") or k.endswith("bias_mask"): continue
+        if k in ("mask_token", "rope_embed.periods") or k.endswith("bias_mask") or k.startswith("local_cls_norm."): continue
         if m := re.match(r"(blocks\.\d+\.attn\.)qkv\.bias$", k):
             q, _, vb = v.chunk(3); out[m[1] + "q_bias"], out[m[1] + "v_bias"] = q, vb; continue
         for dst, src in _TIMM: k = k.replace(src, dst)
         if swiglu: k = k.replace(".mlp.w3.", ".mlp.fc2.")
+        out[k] = v
+    return out
+
+# %% ../../nbs/04a_models.convert.ipynb #72311ba9
+_TIMM_CNX = [(".conv_dw.", ".dwconv."), (".mlp.fc1.", ".pwconv1."), (".mlp.fc2.", ".pwconv2.")]
+
+def timm_convnext_to_official(sd:dict[str, Tensor]) -> dict[str, Tensor]:
+    "Convert a timm `convnext_*` state dict (DINOv3 weights) to Meta's layout."
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("head.") and not k.startswith("head.norm."): continue  # a classifier: not part of the backbone
+        k = re.sub(r"^stem\.", "downsample_layers.0.", k)
+        k = re.sub(r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", k)
+        k = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", k)
+        for src, dst in _TIMM_CNX: k = k.replace(src, dst)
+        if k.startswith("head.norm."): k = k[len("head."):]; out["norms.3." + k[len("norm."):]] = v
+        out[k] = v
+    return out
+
+def official_to_timm_convnext(sd:dict[str, Tensor]) -> dict[str, Tensor]:
+    "Convert our ConvNeXt state dict to timm's `convnext_*` layout."
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("norms."): continue  # `norms.3` is `norm` again; timm has the one `head.norm`
+        if k.startswith("norm."): out["head." + k] = v; continue
+        k = re.sub(r"^downsample_layers\.0\.", "stem.", k)
+        k = re.sub(r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample.", k)
+        k = re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", k)
+        for dst, src in _TIMM_CNX: k = k.replace(src, dst)
         out[k] = v
     return out
 
@@ -202,12 +255,26 @@ def infer_config(sd:dict[str, Tensor]) -> ViTConfig|ConvNeXtConfig:
         pos_embed_rope_dtype="fp32", pos_embed_rope_rescale_coords=2.0)
 
 # %% ../../nbs/04a_models.convert.ipynb #ec30561a
+def tie_convnext_norms(sd:dict[str, Tensor]) -> dict[str, Tensor]:
+    "Give a Meta-layout ConvNeXt state dict both names of its final norm, `norm.*` and `norms.3.*`, from the one it has."
+    out = dict(sd)
+    for p in ("weight", "bias"):
+        if f"norm.{p}" in out: out.setdefault(f"norms.3.{p}", out[f"norm.{p}"])
+        elif f"norms.3.{p}" in out: out[f"norm.{p}"] = out[f"norms.3.{p}"]
+    return out
+
 def to_official(sd:dict[str, Tensor], info:dict) -> tuple[dict[str, Tensor], str]:
     "Convert a state dict of any supported layout to Meta's layout; also return the layout's name."
     fmt = detect_format(sd, info.get("hf_config"))
-    if fmt == "hf_vit": sd = hf_vit_to_official(sd, info["hf_config"] or {})
+    if fmt == "hf_vit":
+        if info.get("hf_config") is None:
+            raise CheckpointFormatError("these are Hugging Face DINOv3ViT weights without their config.json: load the model "
+                                        "folder (config.json + model.safetensors), not the weights file alone")
+        sd = hf_vit_to_official(sd, info["hf_config"])
     elif fmt == "hf_convnext": sd = hf_convnext_to_official(sd)
     elif fmt == "timm_vit": sd = timm_vit_to_official(sd)
+    elif fmt == "timm_convnext": sd = timm_convnext_to_official(sd)
+    if fmt.endswith("convnext"): sd = tie_convnext_norms(sd)
     return sd, fmt
 
 # %% ../../nbs/04a_models.convert.ipynb #6381f488
