@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from ..models.backbones import compare_with_key_list
 from ..models.checkpoints import CheckpointMismatchError, CheckpointReadError, load_weights_into
-from ..models.checkpoints import _torch_load, _safetensors_load  # the safe readers (weights only)
+from ..models.checkpoints import _safetensors_load
+from ..models.safety import safe_torch_load  # weights only, after an opcode scan
 from ..models.convert import CheckpointFormatError
 
 # %% auto #0
@@ -48,7 +49,7 @@ def read_tensors(
     path = Path(path).expanduser()
     if not path.exists(): raise CheckpointReadError(f"no checkpoint at {path}: check the path")
     if path.is_dir(): raise CheckpointReadError(f"{path} is a directory; a head file is one .pth or .safetensors file")
-    obj = _safetensors_load(path)[0] if path.suffix == ".safetensors" else _torch_load(path)
+    obj = _safetensors_load(path)[0] if path.suffix == ".safetensors" else safe_torch_load(path)
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict): obj = obj[key]
     if not isinstance(obj, dict) or not any(isinstance(v, Tensor) for v in obj.values()):
