@@ -382,7 +382,7 @@ def main(argv:list[str]|None=None) -> int:
     if argv[:1] == ["eval"]:  # its own parser (20_eval ... 25_eval.cli), with its own help and exit codes
         from dinov3nb.eval.cli import eval_main
         return eval_main(argv[1:])
-    if argv[:1] == ["train"]:  # its own parser (10_train), configs from presets/YAML and key=value overrides
+    if argv[:1] == ["train"]:  # its own parser (10d_train.run), configs from presets/YAML and key=value overrides
         from dinov3nb.train.run import train_main
         return train_main(argv[1:])
     if argv[:1] == ["submit"]:  # its own parser (17_train.submit): SLURM or local jobs through submitit
