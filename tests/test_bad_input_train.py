@@ -287,7 +287,7 @@ def test_resume_falls_back_to_newest_readable(run_copy, how, why, tmp_path, caps
     code, out, err = train(capsys, "--config", "tiny_pretrain", f"run.output_dir={run_copy}", "run.iterations=3", *FAST, "--resume")
     assert code == 0, err
     assert "Traceback" not in out + err and "weights_only=False" not in err
-    assert "dinov3nb train: warning: --resume skipped checkpoint_0000003.pt" in err and why in err, err
+    assert f"dinov3nb train: warning: --resume skipped {newest}, which " in err and why in err, err
     assert f"dinov3nb train: resuming from {run_copy / 'checkpoint_0000002.pt'}" in err
     assert "dropped 1 unreadable line(s)" in err
     assert not (tmp_path / "payload-ran").exists()
@@ -375,3 +375,22 @@ def test_submit_refuses_before_queueing(hf_model, tmp_path, capsys):
     assert_error(code, *capsys.readouterr(), "holds a list at its top level", prog="dinov3nb submit")
     code = submit_main(["--local", "--config", "tiny_pretrain", "run.max_to_keep=-1"])
     assert_error(code, *capsys.readouterr(), "run.max_to_keep=-1", prog="dinov3nb submit")
+
+
+def test_multidistill_resume_falls_back_for_every_student(earlier_run, tmp_path, capsys):
+    "One student's newest checkpoint cut short: every student resumes from the newest iteration all of them can read."
+    out = tmp_path / "multi"
+    args = multi(checkpoints(earlier_run)[-1], out, "run.iterations=2", "run.checkpoint_period=1")
+    assert train_main(args) == 0
+    bad = out / "wide" / "checkpoint_0000002.pt"
+    bad.write_bytes(bad.read_bytes()[:3000])
+    before = snapshot(out)
+    code, _, err = train(capsys, *args, "--resume")
+    assert code == 0, err
+    assert f"--resume skipped {bad}, which cannot be read: it is truncated or damaged" in err
+    assert "resuming every student from iteration 1" in err
+    after = snapshot(out)
+    assert after["wide/checkpoint_0000002.pt.unreadable"] == before["wide/checkpoint_0000002.pt"]
+    for name in ("narrow", "wide"):
+        assert [json.loads(l)["iteration"] for l in (out / name / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+        assert torch.load(out / name / "checkpoint_0000002.pt", weights_only=True)["iteration"] == 2

@@ -212,7 +212,8 @@ def _resume(self:MultiTrainer) -> int:
             try: tr.load(tr.out / name)
             except UnreadableCheckpoint as e:
                 error = e; tr.skipped.add(name)
-                print(f"dinov3nb train: warning: --resume skipped {name} of {tr.out.name} ({e}; kept as it is)", file=sys.stderr)
+                why = str(e).removeprefix(f"{name} ")
+                print(f"dinov3nb train: warning: --resume skipped {tr.out / name}, which {why}; the file is kept as it is", file=sys.stderr)
                 break
         if mean_over_ranks({"ok": error is None})["ok"] < 1: continue  # all ranks fall back to the same older iteration
         for tr in self.trainers: tr.rng = rng_state()

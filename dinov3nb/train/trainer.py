@@ -183,8 +183,9 @@ def _resume(self:Trainer) -> Path|None:
         if self.world > 1 and mean_over_ranks({"ok": error is None}, self.group)["ok"] < 1: error = error or "on another rank"
         if error is not None:  # every rank moves on to the same older checkpoint
             self.skipped.add(path.name)
+            why = str(error).removeprefix(f"{path.name} ") if isinstance(error, UnreadableCheckpoint) else "cannot be read on another rank"
             if self.rank == 0:
-                print(f"dinov3nb train: warning: --resume skipped {path.name} ({error}; in {self.out}, kept as it is)", file=sys.stderr)
+                print(f"dinov3nb train: warning: --resume skipped {path}, which {why}; the file is kept as it is", file=sys.stderr)
             continue
         if self.skipped and self.rank == 0: print(f"dinov3nb train: resuming from {path}", file=sys.stderr)
         return path
