@@ -394,3 +394,15 @@ def test_multidistill_resume_falls_back_for_every_student(earlier_run, tmp_path,
     for name in ("narrow", "wide"):
         assert [json.loads(l)["iteration"] for l in (out / name / "metrics.jsonl").read_text().splitlines()] == [0, 1]
         assert torch.load(out / name / "checkpoint_0000002.pt", weights_only=True)["iteration"] == 2
+
+
+def test_disk_full_while_saving(monkeypatch, tmp_path, capsys):
+    "A checkpoint that cannot be written (a full disk) is an error that says so; no partial file stays behind."
+    def full(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"the first bytes")
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+    monkeypatch.setattr(torch, "save", full)
+    out = tmp_path / "run"
+    assert_error(*train(capsys, "--config", "tiny_pretrain", f"run.output_dir={out}", "run.iterations=1", *FAST),
+                 "cannot write", "checkpoint_0000001.pt (PytorchStreamWriter failed writing file", "free some disk space")
+    assert not list(out.glob(".checkpoint_*")) and checkpoints(out) == []

@@ -53,7 +53,11 @@ def save_atomic(obj:dict, path:Path) -> Path:
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try: torch.save(obj, tmp)
-    except BaseException: tmp.unlink(missing_ok=True); raise  # e.g. a full disk: no half-written file stays behind
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: no half-written file stays behind
+        if not isinstance(e, (OSError, RuntimeError)): raise
+        raise OSError(f"cannot write {path} ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}); free some disk "
+                      "space or choose another run.output_dir; the run's newest checkpoint is intact, --resume continues from it") from e
     os.replace(tmp, path)
     return path
 
