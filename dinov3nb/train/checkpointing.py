@@ -1,4 +1,4 @@
-"""Atomic checkpoints that hold every random state, the listing and pruning of a run's checkpoints, sharded folders for FSDP2 runs and their consolidation, and export of the teacher as a plain backbone.
+"""Atomic checkpoints that hold every random state, run folders that a run writes into only when they are its own, the listing and pruning of a run's checkpoints, reading them back for a resume, sharded folders for FSDP2 runs and their consolidation, and export of the teacher as a plain backbone.
 
 Docs: https://dinov3nb.github.io/dinov3nb/train.checkpointing.html.md"""
 
@@ -11,7 +11,9 @@ import json
 import os
 import random
 import re
+import secrets
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +22,12 @@ from torch import nn
 
 from ..models.vit import DinoVisionTransformer
 from ..models.checkpoints import read_checkpoint
-from .config import config_from_dict
+from .config import ConfigError, config_from_dict
 
 # %% auto #0
-__all__ = ['rng_state', 'set_rng_state', 'save_atomic', 'checkpoints', 'sharded_state', 'save_sharded', 'load_sharded',
-           'consolidate_checkpoint', 'export_backbone']
+__all__ = ['RUN_MARKER', 'rng_state', 'set_rng_state', 'save_atomic', 'UnreadableCheckpoint', 'describe_read_error',
+           'read_trainer_state', 'checkpoints', 'RunFolder', 'claim_run_folder', 'sharded_state', 'save_sharded',
+           'load_sharded', 'consolidate_checkpoint', 'export_backbone']
 
 # %% ../../nbs/10c_train.checkpointing.ipynb #420e5b4d
 def rng_state() -> dict:
@@ -49,13 +52,155 @@ def save_atomic(obj:dict, path:Path) -> Path:
     "`torch.save` to a temporary file beside `path`, then rename it into place."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
+    try: torch.save(obj, tmp)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: no half-written file stays behind
+        if not isinstance(e, (OSError, RuntimeError)): raise
+        raise OSError(f"cannot write {path} ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}); free some disk "
+                      "space or choose another run.output_dir; the run's newest checkpoint is intact, --resume continues from it") from e
     os.replace(tmp, path)
     return path
 
+# %% ../../nbs/10c_train.checkpointing.ipynb #193805a3
+class UnreadableCheckpoint(OSError): "A checkpoint that cannot be read: cut short, damaged, or not a training checkpoint of this trainer."
+
+def describe_read_error(e:BaseException) -> str:
+    "Why a checkpoint could not be read, in one line and without torch's advice to unpickle it anyway."
+    msg = str(e)
+    if "Weights only load failed" in msg:
+        g = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
+        if g: return (f"it holds a Python object ({g.group(1)}) besides tensors and plain values, which a training checkpoint "
+                      "never does; it is not unpickled, as that could run code")
+        return "it is not a PyTorch checkpoint, or it is damaged"
+    if isinstance(e, EOFError) or not msg.strip(): return "it is empty or cut short"
+    first = msg.strip().splitlines()[0]
+    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)): return first
+    return f"it is truncated or damaged ({first.split('. ')[0]})" if isinstance(e, (RuntimeError, OSError)) else first
+
+def read_trainer_state(
+    path:str|Path, # a checkpoint: a `.pt` file, or the folder of a sharded one
+    rank:int=0, # a sharded folder: whose random states to read
+) -> dict:
+    "The iteration, config, random states and (a `.pt` file) tensors of a training checkpoint; `UnreadableCheckpoint` if it cannot be read."
+    path = Path(path)
+    try:
+        ck = torch.load(path / "trainer_state.pt" if path.is_dir() else path, map_location="cpu", weights_only=True)
+        if path.is_dir():
+            if not (path / ".metadata").is_file(): raise FileNotFoundError("its shards have no .metadata index")
+            ck["rng"] = torch.load(path / f"rng_rank{rank}.pt", weights_only=True)
+    except Exception as e: raise UnreadableCheckpoint(f"{path.name} cannot be read: {describe_read_error(e)}") from e
+    missing = [k for k in ("iteration", "config", "rng") if not isinstance(ck, dict) or k not in ck]
+    if missing: raise UnreadableCheckpoint(f"{path.name} is not a training checkpoint of dinov3nb train (no {missing[0]!r})")
+    return ck
+
+# %% ../../nbs/10c_train.checkpointing.ipynb #9dbf7559
+RUN_MARKER = ".dinov3nb-run.json"  # in each folder a run writes to: the names it wrote there
+_CHECKPOINT = re.compile(r"checkpoint_\d+(\.pt)?")
+_WRITES = re.compile(r"checkpoint_\d+(\.pt)?|config\.json|metrics\.jsonl|tensorboard|submitit")  # the names a run writes
+_TEMPORARY = re.compile(r"\.(checkpoint_\d+(\.pt)?|dinov3nb-run\.json)\.tmp\d*")  # left behind by a run killed while saving
+_CONSOLIDATED = re.compile(r"checkpoint_\d+_full\.pt")  # `consolidate_checkpoint` beside a sharded folder
+
+def _names(names:list[str], n:int=4) -> str: return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+def _read_marker(folder:Path) -> dict|None:
+    "The marker of run folder `folder`; None when it has none."
+    p = Path(folder) / RUN_MARKER
+    if not p.is_file(): return None
+    try: m = json.loads(p.read_text())
+    except (OSError, ValueError): m = None
+    if not (isinstance(m, dict) and isinstance(m.get("files"), list) and isinstance(m.get("run_id"), str)):
+        raise ConfigError(f"{p} cannot be read: it is the marker of a dinov3nb run folder, the list of the files the run wrote; "
+                          "restore it, or choose another run.output_dir")
+    return m
+
+def _unmarked_run(folder:Path, entries:list[str]) -> list[str]|None:
+    "The files of a run written before run folders had markers: only names a run writes, and a training `config.json` or a checkpoint."
+    ours = lambda n: _WRITES.fullmatch(n) or _TEMPORARY.fullmatch(n) or _CONSOLIDATED.fullmatch(n)
+    if not entries or not all(ours(n) for n in entries): return None
+    if "config.json" in entries:
+        try: config_from_dict(json.loads((folder / "config.json").read_text()))
+        except (OSError, ValueError, TypeError, AttributeError): return None  # e.g. a model's config.json
+    elif not any(_CHECKPOINT.fullmatch(n) for n in entries): return None
+    return [n for n in entries if _WRITES.fullmatch(n) or _CONSOLIDATED.fullmatch(n)]
+
 def checkpoints(output_dir:str|Path) -> list[Path]:
-    "The complete checkpoints of a run, oldest first: `checkpoint_<iteration>.pt` files and sharded `checkpoint_<iteration>` folders."
-    return sorted(p for p in Path(output_dir).glob("checkpoint_*") if re.fullmatch(r"checkpoint_\d+(\.pt)?", p.name))
+    "The run's complete checkpoints in `output_dir` (those its marker lists), oldest first: `.pt` files and sharded folders."
+    out = Path(output_dir)
+    if not out.is_dir(): return []
+    marker = _read_marker(out)
+    names = marker["files"] if marker else [p.name for p in out.iterdir()]
+    return sorted(out / n for n in names if _CHECKPOINT.fullmatch(n) and (out / n).exists())
+
+@dataclass
+class RunFolder:
+    "The output folder of a run and the names this run wrote there, listed in its marker file `RUN_MARKER`."
+    path:Path
+    run_id:str # new for each run; a resumed run keeps it
+    files:list[str]=field(default_factory=list) # the names this run wrote: the only ones it replaces or deletes
+    earlier:list[str]=field(default_factory=list) # names earlier runs wrote here (before `run.overwrite=true`): kept
+
+    def add(self, *names:str):
+        "Record `names` as this run's, before writing them: write the marker (and create the folder)."
+        self.files += [n for n in names if n not in self.files]
+        self.earlier = [n for n in self.earlier if n not in names]
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.path / f"{RUN_MARKER}.tmp{os.getpid()}"
+        tmp.write_text(json.dumps({"created_by": "dinov3nb train", "run_id": self.run_id, "files": self.files,
+                                   "earlier": self.earlier}, indent=1))
+        os.replace(tmp, self.path / RUN_MARKER)
+
+    def checkpoints(self) -> list[Path]:
+        "This run's checkpoints on disk, oldest first."
+        return sorted(self.path / n for n in self.files if _CHECKPOINT.fullmatch(n) and (self.path / n).exists())
+
+    def prune(self, keep:int|None) -> list[Path]:
+        "Delete this run's checkpoints but the newest `keep` (0 or None: keep every one); return those deleted."
+        old = self.checkpoints()[:-keep] if keep else []
+        for p in old: shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if old: self.files = [n for n in self.files if n not in {p.name for p in old}]; self.add()
+        return old
+
+    def set_aside(self, name:str) -> Path:
+        "Rename this run's checkpoint `name` to `<name>.unreadable` (kept, never pruned), so the run can write `name` again."
+        new, i = f"{name}.unreadable", 0
+        while (self.path / new).exists(): i += 1; new = f"{name}.unreadable{i}"
+        self.add(new)
+        os.replace(self.path / name, self.path / new)
+        return self.path / new
+
+def claim_run_folder(
+    path:str|Path, # `run.output_dir`
+    resume:bool=False, # continue the run the folder holds (`--resume`)
+    overwrite:bool=False, # start a new run in a folder that holds other files (`run.overwrite=true`)
+) -> RunFolder:
+    "Check that a run may write into folder `path` (`ConfigError` naming the fix if not); return its `RunFolder`. Writes nothing."
+    p, key = Path(path), f"run.output_dir={str(path)!r}"
+    if p.exists() and not p.is_dir(): raise ConfigError(f"{key} is a file; choose a folder for the run (a new or empty one)")
+    base = next(q for q in (p.absolute(), *p.absolute().parents) if q.exists())
+    if not os.access(base, os.W_OK | os.X_OK): raise ConfigError(f"{key}: cannot write into {base}; choose a folder you can write to")
+    entries = sorted(e.name for e in p.iterdir() if e.name != RUN_MARKER) if p.is_dir() else []
+    marker = _read_marker(p) if p.is_dir() else None
+    mine = marker["files"] if marker else _unmarked_run(p, entries)
+    earlier = list(marker.get("earlier", [])) if marker else []
+    if mine is not None:  # a run of dinov3nb train
+        if resume: return RunFolder(p, marker["run_id"] if marker else secrets.token_hex(6), list(mine), earlier)
+        if not overwrite:
+            n = sum(bool(_CHECKPOINT.fullmatch(f)) and (p / f).exists() for f in mine)
+            what = ", ".join([f"{n} checkpoint{'s' * (n != 1)}"] + [f for f in mine if not _CHECKPOINT.fullmatch(f)][:3])
+            raise ConfigError(f"{key} already holds a training run ({what}); continue it with --resume, choose another "
+                              "run.output_dir, or set run.overwrite=true to start a new run there (the earlier run's files are "
+                              "kept, except those the new run writes again: config.json, metrics.jsonl, checkpoints of the same iteration)")
+    known = set(mine or []) | set(earlier)
+    foreign = [n for n in entries if n not in known and not (mine is not None and _TEMPORARY.fullmatch(n))]
+    if foreign and not overwrite:
+        raise ConfigError(f"{key} holds files that dinov3nb train did not write ({_names(foreign)})"
+                          f"{' and no training run to resume' if resume else ''}; choose a new or empty folder, or set "
+                          "run.overwrite=true to write the run beside them (they are never replaced or deleted)")
+    clash = [n for n in foreign if _WRITES.fullmatch(n)]
+    if clash: raise ConfigError(f"{key} holds {_names(clash)}, which the run writes, but dinov3nb train did not write "
+                                f"{'it' if len(clash) == 1 else 'them'}; even with run.overwrite=true a run never replaces such "
+                                "files: choose another run.output_dir")
+    return RunFolder(p, secrets.token_hex(6), [], sorted(n for n in known if (p / n).exists()))
 
 # %% ../../nbs/10c_train.checkpointing.ipynb #4da2b32d
 def sharded_state(student:nn.Module, ema:nn.Module, gram:nn.Module|None, optimizer:torch.optim.Optimizer) -> tuple[dict, dict]:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from .data import CropConfig, MaskConfig
 from .losses import DINOHead
 from .optim import (OptimConfig, TeacherConfig, GramTeacherConfig, ScheduleSpec, ScheduleSpecs,
@@ -84,10 +86,11 @@ class DistillConfig:
 @dataclass
 class RunConfig:
     "The run: output folder, length, checkpoints, logging, seed and device."
-    output_dir:str="runs/dinov3"
+    output_dir:str="runs/dinov3" # a new or empty folder, or this run's own (`--resume`); see `train.checkpointing`
+    overwrite:bool=False # start a new run in a folder that holds other files (kept as they are, never replaced or deleted)
     iterations:int|None=None # stop after this many iterations; None: optim.epochs x optim.epoch_length
     checkpoint_period:int=1000 # save every this many iterations (and at the end)
-    max_to_keep:int=3 # checkpoints kept on disk
+    max_to_keep:int|None=3 # checkpoints kept on disk: the newest N >= 1; 0 or None: every one
     seed:int=0
     device:str="cpu" # "cpu" or "cuda" (each rank of a multi-GPU run takes GPU LOCAL_RANK)
     strategy:Literal["ddp", "fsdp"]="ddp" # several ranks: replicate the student (gradients averaged) or shard it (FSDP2)
@@ -206,8 +209,45 @@ def _validate_students(cfg:TrainConfig):
         try: validate(student_config(cfg, i))
         except ConfigError as e: raise ConfigError(f"distill.students[{i}] ({n}): {e}") from None
 
+def _check_device(device:str):
+    "Raise `ConfigError` unless the trainer can run on `device` on this machine."
+    key = f"run.device={device!r}"
+    try: dev = torch.device(device)
+    except (RuntimeError, ValueError): dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{key} is not a device the trainer runs on; use cpu or cuda (cuda:N)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key} but PyTorch sees no CUDA GPU on this machine (torch.cuda.is_available() is False); use run.device=cpu")
+    n = torch.cuda.device_count() if dev.type == "cuda" else 0
+    if dev.type == "cuda" and dev.index is not None and dev.index >= n:
+        raise ConfigError(f"{key} but this machine has {n} CUDA GPU(s); use cuda:0 ... cuda:{n - 1}")
+
+def _validate_values(cfg:TrainConfig):
+    "Raise `ConfigError` naming the key of a value no run can use."
+    d, r, o = cfg.data, cfg.run, cfg.optim
+    for key, v, low in (("data.n_images", d.n_images, 1), ("data.num_workers", d.num_workers, 0), ("optim.epochs", o.epochs, 1),
+                        ("optim.epoch_length", o.epoch_length, 1), ("run.checkpoint_period", r.checkpoint_period, 1),
+                        ("run.max_nan_losses", r.max_nan_losses, 1)):
+        if v < low: raise ConfigError(f"{key}={v} must be >= {low}")
+    if d.batch_size < 2: raise ConfigError(f"data.batch_size={d.batch_size} must be >= 2 (images per step and process; KoLeo needs 2)")
+    if r.iterations is not None and r.iterations < 1:
+        raise ConfigError(f"run.iterations={r.iterations} must be >= 1 (or null: optim.epochs x optim.epoch_length)")
+    if r.max_to_keep is not None and r.max_to_keep < 0:
+        raise ConfigError(f"run.max_to_keep={r.max_to_keep}: keep the newest N >= 1 checkpoints, or 0 (or null) to keep every one")
+    if d.dataset == "shapesworld" and d.image_size < 16: raise ConfigError(f"data.image_size={d.image_size} must be >= 16 (pixels)")
+    if d.dataset != "shapesworld":
+        images = Path(d.dataset).expanduser()
+        if not images.exists(): raise ConfigError(f"data.dataset={d.dataset!r}: no such folder; pass a folder of images "
+                                                   "(or of one subfolder per class), or shapesworld")
+        if not images.is_dir(): raise ConfigError(f"data.dataset={d.dataset!r} is a file; pass the folder that holds the images")
+    if not r.output_dir: raise ConfigError("run.output_dir is empty; name the folder the run writes to")
+    if Path(r.output_dir).exists() and not Path(r.output_dir).is_dir():
+        raise ConfigError(f"run.output_dir={r.output_dir!r} is a file; choose a folder for the run (a new or empty one)")
+    _check_device(r.device)
+
 def validate(cfg:TrainConfig) -> TrainConfig:
-    "Raise `ConfigError` naming the key when sections of `cfg` contradict each other."
+    "Raise `ConfigError` naming the key when a value of `cfg` is unusable or its sections contradict each other."
+    _validate_values(cfg)
     p = cfg.student.patch_size
     if cfg.crops.patch_size != p: raise ConfigError(f"crops.patch_size={cfg.crops.patch_size} differs from student.patch_size={p}")
     for key, size in _crop_sizes(cfg):
@@ -228,9 +268,6 @@ def validate(cfg:TrainConfig) -> TrainConfig:
         raise ConfigError("distill.enabled=true needs distill.teacher: the training checkpoint of the teacher (backbone + heads)")
     for key, path in (("gram.ckpt", g.ckpt), ("init.backbone", cfg.init.backbone), ("distill.teacher", cfg.distill.teacher)):
         if path and not Path(path).expanduser().exists(): raise ConfigError(f"{key}={path!r}: no such file")
-    if cfg.data.batch_size < 2: raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be >= 2 (KoLeo needs 2 images)")
-    if cfg.iterations < 1: raise ConfigError(f"run.iterations={cfg.run.iterations} must be >= 1")
-    if cfg.run.checkpoint_period < 1: raise ConfigError(f"run.checkpoint_period={cfg.run.checkpoint_period} must be >= 1")
     from importlib.util import find_spec
     if cfg.run.tensorboard and find_spec("tensorboard") is None:
         raise ConfigError("run.tensorboard=true needs the tensorboard package: pip install tensorboard "

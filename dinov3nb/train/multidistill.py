@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +17,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .distributed import is_distributed, rank, world_size, shard_rows, koleo_group
+from .distributed import is_distributed, rank, world_size, shard_rows, koleo_group, mean_over_ranks
 from .losses import sinkhorn_knopp
 from .ssl_step import teacher_targets
 from .config import TrainConfig, ConfigError, validate, student_config
 from .loader import make_loader
-from .checkpointing import checkpoints, rng_state, set_rng_state
+from .checkpointing import checkpoints, rng_state, set_rng_state, claim_run_folder, RunFolder, UnreadableCheckpoint
 from .trainer import Trainer, _load_distill_teacher
 
 # %% auto #0
@@ -159,6 +160,16 @@ def _own_random_stream(trainer:Trainer):
     try: yield
     finally: trainer.rng = rng_state()
 
+def _claim_student_folders(cfg:TrainConfig, resume:bool) -> list[RunFolder]:
+    "Check the students' run folders and their parent, which may hold only them (`ConfigError` naming the fix); write nothing."
+    out, names = Path(cfg.run.output_dir), [s.name for s in cfg.distill.students]
+    other = sorted(e.name for e in out.iterdir() if e.name not in names) if out.is_dir() else []
+    if other and not cfg.run.overwrite:
+        raise ConfigError(f"run.output_dir={cfg.run.output_dir!r} holds {', '.join(other[:4])}{' ...' if len(other) > 4 else ''}, "
+                          f"besides the students' folders ({', '.join(names)}); choose a new or empty folder, or set "
+                          "run.overwrite=true to write the students' folders beside them (they are never replaced or deleted)")
+    return [claim_run_folder(student_config(cfg, i).run.output_dir, resume, cfg.run.overwrite) for i in range(len(names))]
+
 class MultiTrainer:
     "Several students distilled from one frozen teacher: a `Trainer` per student of this rank, one teacher call per batch."
     def __init__(self, cfg:TrainConfig, resume:bool=False):
@@ -170,6 +181,7 @@ class MultiTrainer:
         if W > 1 and cfg.data.batch_size % S:
             raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be a multiple of the {S} students: "
                               "each rank runs the teacher on batch_size / S images of its shard")
+        folders = _claim_student_folders(cfg, resume)  # every rank, before any of them writes
         self.placement = place_students(S)
         p = self.placement
         if p is not None:  # KoLeo gathers over groups of consecutive ranks: keep them inside the student's group
@@ -179,7 +191,7 @@ class MultiTrainer:
         self.teacher = _load_distill_teacher(cfg.distill.teacher).to(cfg.run.device)
         self.trainers = []
         for i in (range(S) if p is None else [p.student]):
-            tr = Trainer(student_config(cfg, i), teacher=self.teacher, group=None if p is None else p.group)
+            tr = Trainer(student_config(cfg, i), teacher=self.teacher, group=None if p is None else p.group, folder=folders[i])
             if p is not None: tr.loss_cfg = dataclasses.replace(cfg.loss, koleo_group_size=k)
             tr.rng = rng_state()  # the stream a run of this student alone would continue with
             self.trainers.append(tr)
@@ -191,15 +203,25 @@ def _iterations_on_disk(out:Path) -> set[int]:
     return {int(p.stem.split("_")[-1]) for p in checkpoints(out)}
 
 def _resume(self:MultiTrainer) -> int:
-    "Load, for every student of this rank, the checkpoint of the newest iteration all students have; return it (0: none)."
+    "Load, for every student of this rank, the newest iteration all students have on disk and can read; return it (0: none)."
     outs = [Path(student_config(self.cfg, i).run.output_dir) for i in range(len(self.cfg.distill.students))]
-    common = set.intersection(*(_iterations_on_disk(o) for o in outs))
-    if not common: return 0
-    it = max(common)
-    for tr in self.trainers:
-        tr.load(tr.out / f"checkpoint_{it:07d}.pt")
-        tr.rng = rng_state()
-    return it
+    common = sorted(set.intersection(*(_iterations_on_disk(o) for o in outs)), reverse=True)
+    for it in common:
+        name, error = f"checkpoint_{it:07d}.pt", None
+        for tr in self.trainers:
+            try: tr.load(tr.out / name)
+            except UnreadableCheckpoint as e:
+                error = e; tr.skipped.add(name)
+                why = str(e).removeprefix(f"{name} ")
+                print(f"dinov3nb train: warning: --resume skipped {tr.out / name}, which {why}; the file is kept as it is", file=sys.stderr)
+                break
+        if mean_over_ranks({"ok": error is None})["ok"] < 1: continue  # all ranks fall back to the same older iteration
+        for tr in self.trainers: tr.rng = rng_state()
+        if it != common[0] and self.rank == 0: print(f"dinov3nb train: resuming every student from iteration {it}", file=sys.stderr)
+        return it
+    if common: raise ConfigError(f"--resume: none of the iterations the students share on disk can be read ({', '.join(map(str, common))}: "
+                                 "see the warnings above); the files are kept as they are")
+    return 0
 
 def _fit(self:MultiTrainer) -> dict[str, list[dict]]:
     "Train the students of this rank to `cfg.iterations`; return the metrics of the iterations run, by student name."

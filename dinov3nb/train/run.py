@@ -7,7 +7,9 @@ Docs: https://dinov3nb.github.io/dinov3nb/train.run.html.md"""
 # %% ../../nbs/10d_train.run.ipynb #51fd67af
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -19,6 +21,33 @@ from .multidistill import MultiTrainer
 
 # %% auto #0
 __all__ = ['load_config', 'train_main']
+
+# %% ../../nbs/10d_train.run.ipynb #6d8f7f23
+_EXPECTED = (ConfigError, OSError, ImportError)  # raised with a message for the user: the value, file or package and the fix
+
+def _message(e:BaseException) -> str:
+    "The user-facing text of an expected error: one paragraph."
+    if isinstance(e, OSError) and e.strerror and e.filename is not None: return f"{e.filename}: {e.strerror}"
+    return " ".join(str(e).split()) or type(e).__name__
+
+def _run_command(
+    prog:str, # the command's name for messages, e.g. "dinov3nb train"
+    command:Callable[[], int], # runs the command, returns its exit code
+    debug:bool=False, # re-raise every error, with its traceback
+) -> int:
+    "Run `command`: expected errors end as `prog: error: ...` (exit 2), anything else as a short internal error (exit 1)."
+    try: return command()
+    except KeyboardInterrupt:
+        if debug: raise
+        print(f"{prog}: interrupted", file=sys.stderr); return 130
+    except _EXPECTED as e:
+        if debug: raise
+        print(f"{prog}: error: {_message(e)}", file=sys.stderr); return 2
+    except Exception as e:
+        if debug: raise
+        print(f"{prog}: internal error: {type(e).__name__}: {_message(e)[:300]}; this is a bug in dinov3nb: rerun with --debug "
+              "to see the traceback, and please report it", file=sys.stderr)
+        return 1
 
 # %% ../../nbs/10d_train.run.ipynb #3d713681
 def load_config(
@@ -32,25 +61,61 @@ def load_config(
     else:
         if not Path(config).is_file():
             raise ConfigError(f"--config {config!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
-        data = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
+        data = _read_yaml(config)
         name = data.pop("preset", None)
-        if name is not None and name not in PRESETS: raise ConfigError(f"preset={name!r} in {config}; choose one of {', '.join(PRESETS)}")
+        if name is not None and (not isinstance(name, str) or name not in PRESETS):
+            raise ConfigError(f"preset={name!r} in {config}; choose one of {', '.join(PRESETS)}")
         base = config_to_dict(PRESETS[name]()) if name else config_to_dict(TrainConfig())
-    bad = [o for o in overrides if "=" not in o]
+        try: config_from_dict(merge_dicts(base, data))  # the file is a config by itself (an override must not hide its `run: 5`)
+        except ConfigError as e: raise ConfigError(f"{e} (in --config {config})") from None
+    bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
     if bad: raise ConfigError(f"override {bad[0]!r} is not key=value (e.g. optim.lr=5e-4)")
-    over = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=True) if overrides else {}
+    over = {}
+    for o in overrides:  # one at a time, so that an error names the override
+        try: over = merge_dicts(over, OmegaConf.to_container(OmegaConf.from_dotlist([o]), resolve=True))
+        except Exception as e: raise ConfigError(f"override {o!r} cannot be parsed: {_one_line(e)}") from None
     return validate(config_from_dict(merge_dicts(merge_dicts(base, data), over)))
 
+def _one_line(e:BaseException) -> str: return " ".join(str(e).split())
+
+def _read_yaml(path:str) -> dict:
+    "The mapping in YAML file `path`, or a `ConfigError` naming the file and what is wrong with it."
+    import yaml
+    from omegaconf import OmegaConf
+    try: text = Path(path).read_text()
+    except UnicodeDecodeError: raise ConfigError(f"--config {path} is not a text file; pass a YAML config or a preset name") from None
+    try: top = yaml.safe_load(text)
+    except yaml.YAMLError as e: raise _yaml_error(path, e) from None
+    if top is None: return {}
+    if not isinstance(top, dict):
+        kind = {"list": "a list", "str": "a string"}.get(type(top).__name__, "a single value")
+        raise ConfigError(f"--config {path} holds {kind} at its top level; a training config is a mapping of "
+                          "sections (student:, optim:, data:, run:, ...), optionally with preset: NAME")
+    try: return OmegaConf.to_container(OmegaConf.create(text), resolve=True)
+    except yaml.YAMLError as e: raise _yaml_error(path, e) from None  # e.g. a key given twice
+    except Exception as e: raise ConfigError(f"--config {path}: {_one_line(e)}") from None
+
+def _yaml_error(path:str, e:Exception) -> ConfigError:
+    "A `ConfigError` naming the file, the problem and where it is."
+    m = getattr(e, "problem_mark", None)
+    where = f" (line {m.line + 1}, column {m.column + 1})" if m else ""
+    what = ", ".join(filter(None, (getattr(e, "context", None), getattr(e, "problem", None)))) or _one_line(e)
+    return ConfigError(f"--config {path} is not valid YAML: {what}{where}")
+
 def train_main(argv:list[str]|None=None) -> int:
-    "`dinov3nb train --config PRESET_OR_FILE key=value ... [--resume]`: train, print where the checkpoints are."
-    import argparse, sys
+    "`dinov3nb train --config PRESET_OR_FILE key=value ... [--resume] [--debug]`: train, print where the checkpoints are."
+    import argparse
     ap = argparse.ArgumentParser(prog="dinov3nb train", description="Train DINOv3 (self-supervised) from a preset or YAML config.")
     ap.add_argument("--config", required=True, help=f"preset ({', '.join(PRESETS)}) or YAML file")
-    ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.output_dir")
-    ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=5e-4 run.output_dir=out")
-    args = ap.parse_args(argv)
-    try: cfg = load_config(args.config, args.overrides)
-    except ConfigError as e: print(f"error: {e}", file=sys.stderr); return 2
+    ap.add_argument("--resume", action="store_true", help="continue the run in run.output_dir from its newest readable checkpoint")
+    ap.add_argument("--debug", action="store_true", help="on an error, show the full traceback instead of a one-paragraph message")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=5e-4 run.output_dir=out run.overwrite=true")
+    try: args = ap.parse_args(argv)
+    except SystemExit as e: return e.code if isinstance(e.code, int) else 2  # usage errors (argparse printed them) and --help
+    return _run_command("dinov3nb train", lambda: _train(args), args.debug)
+
+def _train(args) -> int:
+    cfg = load_config(args.config, args.overrides)
     cfg.run.device = init_distributed(cfg.run.device)  # joins the process group under torchrun / SLURM
     if cfg.distill.students: MultiTrainer(cfg, resume=args.resume).fit()  # several students from one teacher, each on its own ranks
     else: Trainer(cfg, resume=args.resume).fit()

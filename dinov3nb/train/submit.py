@@ -12,8 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError
-from .run import load_config, train_main
+from .checkpointing import claim_run_folder
+from .run import load_config, train_main, _run_command
 
 # %% auto #0
 __all__ = ['TrainJob', 'submit', 'submit_main']
@@ -51,12 +51,15 @@ def submit(
     time_min:int=60 * 24, # time limit of one slice (minutes); the job requeues itself after it
     local:bool=False, # run on this machine with submitit's LocalExecutor
     slurm_args:dict|None=None, # further `slurm_*` parameters of submitit (account, qos, constraint...)
+    resume:bool=False, # continue the run `run.output_dir` holds (a new job for an existing run)
 ):
     "Queue a training run; return the submitit job."
     config, overrides = _split(train_args)
-    cfg = load_config(config, overrides)  # fails here, before queueing, on a bad config
-    submitit = _submitit()
+    cfg = load_config(config, [*overrides, "run.device=cpu"])  # fails here, before queueing, on a bad config (the device is the job's)
     out = Path(cfg.run.output_dir).absolute()
+    folder = claim_run_folder(out, resume, cfg.run.overwrite)  # and on a folder the run may not write to
+    submitit = _submitit()
+    folder.add("submitit")  # the folder is this run's: every slice of the job resumes it
     tasks = tasks_per_node or max(gpus_per_node, 1)
     device = "cuda" if gpus_per_node > 0 else "cpu"
     args = ["--config", config, *overrides, f"run.output_dir={out}", f"run.device={device}"]
@@ -89,15 +92,24 @@ def submit_main(argv:list[str]|None=None) -> int:
     ap.add_argument("--partition", default=None, help="SLURM partition")
     ap.add_argument("--time", type=int, default=60 * 24, help="minutes per job slice (the job requeues itself)")
     ap.add_argument("--local", action="store_true", help="run here with submitit's LocalExecutor and wait")
+    ap.add_argument("--resume", action="store_true", help="continue the run run.output_dir holds")
+    ap.add_argument("--debug", action="store_true", help="on an error, show the full traceback instead of a one-paragraph message")
     ap.add_argument("--config", required=True, help="preset or YAML file, as for `dinov3nb train`")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.output_dir=runs/vitl")
-    a = ap.parse_args(argv)
-    try:
-        job = submit(["--config", a.config, *a.overrides], a.nodes, a.gpus_per_node, a.tasks_per_node, a.partition,
-                     a.time, a.local)
-    except ConfigError as e: print(f"error: {e}", file=sys.stderr); return 2
+    try: a = ap.parse_args(argv)
+    except SystemExit as e: return e.code if isinstance(e.code, int) else 2  # usage errors (argparse printed them) and --help
+    return _run_command("dinov3nb submit", lambda: _submit(a), a.debug)
+
+def _submit(a) -> int:
+    job = submit(["--config", a.config, *a.overrides], a.nodes, a.gpus_per_node, a.tasks_per_node, a.partition, a.time, a.local,
+                 resume=a.resume)
     print(f"submitted job {job.job_id}; logs in {job.paths.folder}")
     if a.local:
-        job.results()  # wait; raises with the task's traceback if training failed
+        try: job.results()  # wait
+        except Exception:  # the task's own message is in its log
+            lines = [l for l in (job.stderr() or "").splitlines() if "dinov3nb train: " in l and "error" in l]
+            print(f"dinov3nb submit: error: job {job.job_id} failed{': ' + lines[-1] if lines else ''}; its logs are in "
+                  f"{job.paths.folder}", file=sys.stderr)
+            return 2
         print("done")
     return 0

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 import random
-import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,8 @@ from .ssl_step import SSLLossConfig, ssl_model, ssl_forward_backward
 from .distributed import rank, world_size, average_gradients, mean_over_ranks, fully_shard_ssl_model, reshard
 from .config import TrainConfig, ConfigError, config_from_dict, config_to_dict, validate
 from .loader import make_dataset, make_loader
-from .checkpointing import rng_state, set_rng_state, save_atomic, checkpoints, save_sharded, load_sharded
+from .checkpointing import (rng_state, set_rng_state, save_atomic, save_sharded, load_sharded, RunFolder,
+                                          claim_run_folder, read_trainer_state, UnreadableCheckpoint, describe_read_error)
 from ..models.vit import DinoVisionTransformer
 
 # %% auto #0
@@ -44,8 +45,9 @@ def _frozen(m:nn.Module) -> nn.Module: return m.requires_grad_(False).eval()
 
 def _load_distill_teacher(path:str) -> nn.ModuleDict:
     "Rebuild the teacher (backbone + heads) stored in a training checkpoint of this trainer."
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    if "config" not in ck or "teacher" not in ck:
+    try: ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e: raise ConfigError(f"distill.teacher={path!r} cannot be read: {describe_read_error(e)}") from e
+    if not isinstance(ck, dict) or "config" not in ck or "teacher" not in ck:
         raise ConfigError(f"distill.teacher={path!r} is not a training checkpoint of dinov3nb.train.trainer (no config/teacher)")
     tcfg = config_from_dict(json.loads(ck["config"]))
     D = tcfg.student.embed_dim
@@ -54,13 +56,19 @@ def _load_distill_teacher(path:str) -> nn.ModuleDict:
     t.load_state_dict(ck["teacher"])
     return _frozen(t)
 
+def _read_backbone(key:str, path:str) -> nn.Module:
+    "The backbone in checkpoint `path` (config key `key`), or a `ConfigError` saying why it cannot be read."
+    from dinov3nb.models.checkpoints import load
+    try: return load(path)
+    except (ImportError, MemoryError): raise
+    except Exception as e: raise ConfigError(f"{key}={path!r} cannot be read as a backbone: {describe_read_error(e)}") from e
+
 def build_models(cfg:TrainConfig,
                  teacher:nn.ModuleDict|None=None, # a loaded distillation teacher to share; None: load `distill.teacher`
                 ) -> Models:
     "Build student, EMA teacher and the optional Gram and distillation teachers on `cfg.run.device`."
     if cfg.init.backbone:
-        from dinov3nb.models.checkpoints import load
-        backbone = load(cfg.init.backbone)
+        backbone = _read_backbone("init.backbone", cfg.init.backbone)
         if not isinstance(backbone, DinoVisionTransformer): raise ConfigError("init.backbone must be a ViT checkpoint")
         if backbone.patch_size != cfg.crops.patch_size:
             raise ConfigError(f"init.backbone has patch size {backbone.patch_size}; set crops.patch_size and the crop sizes to match")
@@ -81,10 +89,7 @@ def build_models(cfg:TrainConfig,
             raise ConfigError(f"student.patch_size={cfg.student.patch_size} differs from the distillation teacher's")
     gram = None
     if cfg.gram.use_loss:
-        if cfg.gram.ckpt:
-            from dinov3nb.models.checkpoints import load
-            gram = load(cfg.gram.ckpt)
-        else: gram = DinoVisionTransformer(cfg.student)
+        gram = _read_backbone("gram.ckpt", cfg.gram.ckpt) if cfg.gram.ckpt else DinoVisionTransformer(cfg.student)
         _frozen(gram)
     dev = torch.device(cfg.run.device)
     return Models(*(m.to(dev) if m is not None else None for m in (student, ema, teacher, gram)))
@@ -94,14 +99,17 @@ class Trainer:
     "One training run: models, optimizer, schedules and data, from iteration `start` to `cfg.iterations`."
     def __init__(self, cfg:TrainConfig, resume:bool=False,
                  teacher:nn.ModuleDict|None=None, # a loaded distillation teacher to share (several students); None: load it
-                 group=None): # the process group of this run's ranks (None: all; one student's ranks in `multidistill`)
+                 group=None, # the process group of this run's ranks (None: all; one student's ranks in `multidistill`)
+                 folder:RunFolder|None=None): # `run.output_dir` claimed (`multidistill` claims its students'); None: claim it
         self.cfg = validate(cfg)
         self.out = Path(cfg.run.output_dir)
+        self.group, self.loss_cfg, self._tb = group, cfg.loss, None  # `_tb`: TensorBoard writer, opened with the log
+        self.rank, self.world = rank(group), world_size(group)  # (0, 1) outside a process group
+        self.folder = folder or claim_run_folder(self.out, resume, cfg.run.overwrite)  # may it write there? (writes nothing)
+        if self.world > 1: torch.distributed.barrier(group=group)  # every rank checked the folder before rank 0 writes to it
         random.seed(cfg.run.seed); np.random.seed(cfg.run.seed); torch.manual_seed(cfg.run.seed)
         self.dataset = make_dataset(cfg.data, cfg.run.seed)
         self.models = build_models(cfg, teacher)
-        self.group, self.loss_cfg, self._tb = group, cfg.loss, None  # `_tb`: TensorBoard writer, opened with the log
-        self.rank, self.world = rank(group), world_size(group)  # (0, 1) outside a process group
         self.fsdp = self.world > 1 and cfg.run.strategy == "fsdp"
         if self.fsdp:  # shard student and EMA alike, so the EMA update runs on matching local shards
             for m in (self.models.student, self.models.ema): fully_shard_ssl_model(m)
@@ -111,7 +119,8 @@ class Trainer:
             betas=(o.adamw_beta1, o.adamw_beta2))
         self.schedules = build_schedules(o, cfg.teacher, cfg.data.batch_size * self.world)  # lr scaling: global batch
         self.guard, self.start, self.n_gram_updates = NanGuard(cfg.run.max_nan_losses), 0, 0
-        if resume and checkpoints(self.out): self.load(checkpoints(self.out)[-1])
+        self.skipped:set[str] = set()  # unreadable checkpoints `resume` skipped
+        if resume: self.resume()
 
 # %% ../../nbs/10_train.ipynb #0b556809
 def _state(self:Trainer, it:int) -> dict:
@@ -122,21 +131,27 @@ def _state(self:Trainer, it:int) -> dict:
             "rng": rng_state(), "world_size": self.world}
 
 def _save(self:Trainer, it:int) -> Path:
-    "Write the checkpoint of the state after `it` iterations; keep the newest `run.max_to_keep`."
+    "Write the checkpoint of the state after `it` iterations; keep this run's newest `run.max_to_keep`."
+    name = f"checkpoint_{it:07d}" + ("" if self.fsdp else ".pt")
+    if self.rank == 0:
+        if name in self.skipped and (self.out / name).exists():  # unreadable, skipped by `resume`: kept under another name
+            print(f"dinov3nb train: kept the unreadable {name} as {self.folder.set_aside(name).name}", file=sys.stderr)
+        self.folder.add(name)  # listed in the run's marker before it is written
     if self.fsdp: path = self.save_sharded(it)  # every rank writes its shards
     else:  # replicas are equal: rank 0 writes, the others wait
-        path = self.out / f"checkpoint_{it:07d}.pt"
+        path = self.out / name
         if self.rank == 0: save_atomic(self._state(it), path)
-    if self.rank == 0:
-        for old in checkpoints(self.out)[:-self.cfg.run.max_to_keep]: shutil.rmtree(old) if old.is_dir() else old.unlink()
+    if self.rank == 0: self.folder.prune(self.cfg.run.max_to_keep)  # only checkpoints this run wrote
     if self.world > 1: torch.distributed.barrier(group=self.group)
     return path
 
 def _load(self:Trainer, path:str|Path):
-    "Continue from checkpoint `path`: a `.pt` file, or the folder of a sharded checkpoint."
+    "Continue from checkpoint `path`: a `.pt` file, or the folder of a sharded checkpoint (`UnreadableCheckpoint` if it cannot be read)."
     path = Path(path)
-    ck = torch.load(path / "trainer_state.pt" if path.is_dir() else path, map_location="cpu", weights_only=True)
-    saved = config_to_dict(config_from_dict(json.loads(ck["config"])))
+    ck = read_trainer_state(path, self.rank)
+    try: saved = config_to_dict(config_from_dict(json.loads(ck["config"])))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"cannot resume from {path}: its config is not one this version reads ({e})") from None
     now = config_to_dict(self.cfg)
     diff = [f"{s}.{k}" for s in now if s != "run" for k in (now[s] or {}) if isinstance(now[s], dict)
             and (saved.get(s) or {}).get(k) != now[s][k]] + [s for s in now if not isinstance(now[s], dict) and saved.get(s) != now[s]]
@@ -144,7 +159,9 @@ def _load(self:Trainer, path:str|Path):
     if ck.get("world_size", 1) != self.world:
         raise ConfigError(f"cannot resume from {path}: it was written by {ck.get('world_size', 1)} processes, this run has {self.world}")
     m = self.models
-    if path.is_dir(): self.load_sharded(path)
+    if path.is_dir():
+        try: self.load_sharded(path)
+        except Exception as e: raise UnreadableCheckpoint(f"{path.name} cannot be read: {describe_read_error(e)}") from e
     elif self.fsdp:  # a full checkpoint (e.g. consolidated): FSDP2 shards it again
         from torch.distributed.checkpoint.state_dict import set_state_dict, set_model_state_dict, StateDictOptions
         opts = StateDictOptions(full_state_dict=True)
@@ -155,9 +172,30 @@ def _load(self:Trainer, path:str|Path):
         self.optimizer.load_state_dict(ck["optimizer"])
     if m.gram is not None and not path.is_dir(): m.gram.load_state_dict(ck["gram_teacher"])
     self.start, self.n_gram_updates, self.guard.count = ck["iteration"], ck["n_gram_updates"], ck["nan_count"]
-    set_rng_state(torch.load(path / f"rng_rank{self.rank}.pt", weights_only=True) if path.is_dir() else ck["rng"])
+    set_rng_state(ck["rng"])
 
-Trainer._state, Trainer.save, Trainer.load = _state, _save, _load
+def _resume(self:Trainer) -> Path|None:
+    "Continue from this run's newest readable checkpoint, saying which newer ones were skipped and why; None: it has none yet."
+    found = self.folder.checkpoints()
+    for path in reversed(found):
+        try: self.load(path); error = None
+        except UnreadableCheckpoint as e: error = e
+        if self.world > 1 and mean_over_ranks({"ok": error is None}, self.group)["ok"] < 1: error = error or "on another rank"
+        if error is not None:  # every rank moves on to the same older checkpoint
+            self.skipped.add(path.name)
+            why = str(error).removeprefix(f"{path.name} ") if isinstance(error, UnreadableCheckpoint) else "cannot be read on another rank"
+            if self.rank == 0:
+                print(f"dinov3nb train: warning: --resume skipped {path}, which {why}; the file is kept as it is", file=sys.stderr)
+            continue
+        if self.skipped and self.rank == 0: print(f"dinov3nb train: resuming from {path}", file=sys.stderr)
+        return path
+    if found:
+        raise ConfigError(f"--resume: none of the {len(found)} checkpoints in {self.out} can be read ({found[-1].name}: see the warnings "
+                          "above); they are kept as they are: move them out of the folder to start the run again from iteration 0, "
+                          "or choose another run.output_dir")
+    return None
+
+Trainer._state, Trainer.save, Trainer.load, Trainer.resume = _state, _save, _load, _resume
 
 # %% ../../nbs/10_train.ipynb #f1d2f868
 def _save_sharded(self:Trainer, it:int) -> Path:
@@ -225,12 +263,16 @@ def _tensorboard(out:Path, start:int):
 
 def _open_log(self:Trainer):
     "Write `config.json` and open `metrics.jsonl` to append, without the lines of iterations to redo (other ranks: a null file)."
-    self.out.mkdir(parents=True, exist_ok=True)
-    if self.rank != 0: return open(os.devnull, "a")  # one process writes the config and the log
+    if self.rank != 0: return open(os.devnull, "a")  # one process writes the marker, the config and the log
+    self.folder.add("config.json", "metrics.jsonl", *(["tensorboard"] if self.cfg.run.tensorboard else []))  # and the folder
     (self.out / "config.json").write_text(json.dumps(config_to_dict(self.cfg), indent=1))
     log = self.out / "metrics.jsonl"
-    if log.exists():  # drop lines of iterations that will be redone (after a crash)
-        keep = [l for l in log.read_text().splitlines() if l and json.loads(l)["iteration"] < self.start]
+    if log.exists():  # drop lines of iterations that will be redone (after a crash), and a line a crash cut short
+        keep, bad = [], 0
+        for line in filter(None, log.read_text().splitlines()):
+            try: keep += [line] if json.loads(line)["iteration"] < self.start else []
+            except (ValueError, KeyError, TypeError): bad += 1
+        if bad: print(f"dinov3nb train: warning: dropped {bad} unreadable line(s) of {log}", file=sys.stderr)
         log.write_text("".join(l + "\n" for l in keep))
     self._tb = _tensorboard(self.out, self.start) if self.cfg.run.tensorboard else None
     return log.open("a")
