@@ -315,14 +315,15 @@ def test_internal_error_is_short_and_points_to_debug(monkeypatch, tmp_path, caps
     monkeypatch.setattr(Trainer, "fit", boom)
     args = ["--config", "tiny_pretrain", f"run.output_dir={tmp_path / 'out'}", *FAST]
     code, out, err = train(capsys, *args)
-    assert code == 1 and err.startswith("dinov3nb train: internal error: RuntimeError: boom") and "--debug" in err
+    assert code == 70 and err.startswith("dinov3nb train: internal error: RuntimeError: boom") and "--debug" in err
     assert "Traceback" not in out + err
-    with pytest.raises(RuntimeError, match="boom"): train_main([*args, "--debug"])
+    code, out, err = train(capsys, *args, "--debug")
+    assert code == 70 and "Traceback" in err and "RuntimeError: boom" in err
 
 
-def test_debug_reraises_expected_errors(tmp_path):
-    with pytest.raises(ConfigError, match="run.max_to_keep=-1"):
-        train_main(["--config", "tiny_pretrain", f"run.output_dir={tmp_path}", "run.max_to_keep=-1", "--debug"])
+def test_debug_shows_the_traceback_of_expected_errors(tmp_path, capsys):
+    code, out, err = train(capsys, "--config", "tiny_pretrain", f"run.output_dir={tmp_path}", "run.max_to_keep=-1", "--debug")
+    assert code == 2 and "Traceback" in err and "dinov3nb train: error: run.max_to_keep=-1" in err
 
 
 def test_interrupt_exits_130(monkeypatch, tmp_path, capsys):

@@ -18,36 +18,19 @@ from .distributed import rank, init_distributed
 from .checkpointing import checkpoints
 from .trainer import Trainer
 from .multidistill import MultiTrainer
+from ..errors import run_command
 
 # %% auto #0
 __all__ = ['load_config', 'train_main']
 
 # %% ../../nbs/10d_train.run.ipynb #6d8f7f23
-_EXPECTED = (ConfigError, OSError, ImportError)  # raised with a message for the user: the value, file or package and the fix
-
-def _message(e:BaseException) -> str:
-    "The user-facing text of an expected error: one paragraph."
-    if isinstance(e, OSError) and e.strerror and e.filename is not None: return f"{e.filename}: {e.strerror}"
-    return " ".join(str(e).split()) or type(e).__name__
-
 def _run_command(
     prog:str, # the command's name for messages, e.g. "dinov3nb train"
     command:Callable[[], int], # runs the command, returns its exit code
-    debug:bool=False, # re-raise every error, with its traceback
+    debug:bool=False, # print the traceback of any failure (--debug)
 ) -> int:
-    "Run `command`: expected errors end as `prog: error: ...` (exit 2), anything else as a short internal error (exit 1)."
-    try: return command()
-    except KeyboardInterrupt:
-        if debug: raise
-        print(f"{prog}: interrupted", file=sys.stderr); return 130
-    except _EXPECTED as e:
-        if debug: raise
-        print(f"{prog}: error: {_message(e)}", file=sys.stderr); return 2
-    except Exception as e:
-        if debug: raise
-        print(f"{prog}: internal error: {type(e).__name__}: {_message(e)[:300]}; this is a bug in dinov3nb: rerun with --debug "
-              "to see the traceback, and please report it", file=sys.stderr)
-        return 1
+    "Run `command` under the command line's one error policy (`dinov3nb.errors.run_command`)."
+    return run_command(command, prog, debug)
 
 # %% ../../nbs/10d_train.run.ipynb #3d713681
 def load_config(
