@@ -75,12 +75,13 @@ def run_demo(
     image:str|None=None, # image path for all three pictures; default: bundled scikit-image photos
     size:int=224, # shorter side in px (rounded to a multiple of the patch size)
     out_dir:str|Path="dinov3nb-demo", # folder for the three PNGs
+    overwrite:bool=False, # write into an `out_dir` that already holds files (--overwrite)
     out=None, # stream to print to (stdout)
     err=None, # stream for warnings (stderr)
 ) -> dict:
     "Load a backbone and run `demo_pictures`: feature shapes, timing and a text heatmap; heatmap, PCA and KMeans PNGs."
     out = out or sys.stdout
-    writable_path(out_dir, "--out", folder=True)
+    writable_path(out_dir, "--out", folder=True, overwrite=overwrite)
     if image: read_image(image)                                      # fail fast on a bad photo, before the model
     model, note = load_backbone(model_name, weights, err=err)
     res = demo_pictures(model, image, size=size, out_dir=out_dir, name=model_name, note=note,
@@ -102,13 +103,13 @@ def describe(model:torch.nn.Module) -> str:
             f"normalisation {getattr(model, 'normalization', 'lvd')}")
 
 # %% ../nbs/90_cli.ipynb #dbc07321
-def convert_checkpoint(src:str, dst:str, to:str="safetensors") -> Path:
+def convert_checkpoint(src:str, dst:str, to:str="safetensors", overwrite:bool=False) -> Path:
     "Read checkpoint `src` (any supported format) and write it to `dst` as `safetensors`, `hf` or `timm`."
     from dinov3nb.models import checkpoints
     if to not in ("safetensors", "hf", "timm"): raise UserError(f"unknown target format {to!r}; use safetensors, hf or timm")
-    dst = writable_path(dst, "output", folder=to == "hf")
-    if dst.exists() and Path(src).exists() and dst.resolve() == Path(src).resolve():
+    if Path(dst).exists() and Path(src).exists() and Path(dst).resolve() == Path(src).resolve():
         raise UserError(f"{dst} is the checkpoint being converted: write the converted copy to another path")
+    dst = writable_path(dst, "output", folder=to == "hf", overwrite=overwrite)
     with reading(src, "checkpoint", "check the path, or download the file again"):
         model = checkpoints.load(src)
     if to == "hf": checkpoints.save_hf(model, dst); return dst
@@ -182,6 +183,7 @@ def export_model(
     model:torch.nn.Module, # the backbone to export (weights loaded)
     fmt:str="onnx", # "onnx" or "tensorrt"
     out:str|Path|None=None, # output file (default <preset>.onnx / <preset>.engine)
+    overwrite:bool=False, # replace an existing output file (--overwrite)
     *,
     height:int=224, width:int=224, batch:int=1, # the (typical) input shape
     dynamic:bool=False, # symbolic batch/height/width (TensorRT: a shape range around the typical one)
@@ -196,8 +198,8 @@ def export_model(
     if fmt not in ("onnx", "tensorrt"): raise UserError(f"unknown export format {fmt!r}: use onnx or tensorrt")
     _check_shape(model, height, width, batch)
     name = getattr(model, "preset", None) or type(model).__name__
-    out = writable_path(out or f"{name}.{'onnx' if fmt == 'onnx' else 'engine'}", "--out")
-    onnx_path = out if fmt == "onnx" else writable_path(out.with_suffix(".onnx"), "the intermediate ONNX file")
+    out = writable_path(out or f"{name}.{'onnx' if fmt == 'onnx' else 'engine'}", "--out", overwrite=overwrite)
+    onnx_path = out if fmt == "onnx" else writable_path(out.with_suffix(".onnx"), "the intermediate ONNX file", overwrite=overwrite)
     if fmt == "tensorrt":
         from dinov3nb.deploy.runtime import _trt, build_engine, shape_profile
         _trt()  # fail fast, before exporting, when TensorRT or the GPU is missing
@@ -242,6 +244,7 @@ def _parser() -> argparse.ArgumentParser:
                         "default: $DINOV3NB_WEIGHTS, else ~/.cache/dinov3nb/<model>.{safetensors,pth}, else random weights")
     common.add_argument("--size", type=at_least(1), default=224, help="shorter input side in pixels, rounded to the patch size (default 224)")
     common.add_argument("--debug", action="store_true", help="on an error, also print the traceback")
+    common.add_argument("--overwrite", action="store_true", help="replace existing output files (never done without it)")
     img_help = "image file, or skimage:NAME for a bundled scikit-image photo (e.g. skimage:chelsea)"
     out_help = "output PNG (default: <image name>_{}.png in the current folder)"
 
@@ -309,6 +312,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("src", help="checkpoint to read (any supported format)")
     c.add_argument("dst", help="file (or folder for --to hf) to write")
     c.add_argument("--to", default="safetensors", choices=["safetensors", "hf", "timm"], help="output format (default safetensors)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing output file, or write into a non-empty folder")
     return p
 
 def _default_out(image:str, what:str) -> Path:
@@ -328,7 +332,7 @@ def _stream_kmeans(args) -> None:
     if args.out and Path(args.out).suffix.lower() not in (".mp4", ".avi"):
         raise UserError(f"--out {args.out}: a camera or video is written as a video; use a .mp4 or .avi name")
     source = open_source(args.camera if args.camera is not None else args.video)   # fail fast, before the model
-    try: sink = VideoSink(writable_path(args.out, "--out")) if args.out else WindowSink()   # no display: fails here
+    try: sink = VideoSink(writable_path(args.out, "--out", overwrite=args.overwrite)) if args.out else WindowSink()   # no display: fails here
     except BaseException: source.close(); raise
     model, note = load_backbone(args.model, args.weights)
     runtime = make_runtime(args.backend, model, sizes=[(args.size, args.size)])
@@ -341,7 +345,7 @@ def _pictures(args) -> None:
         if args.image: raise UserError("give an image, --camera or --video, not several")
         return _stream_kmeans(args)
     if args.image is None: raise UserError("kmeans needs an image, --camera [csi|N] or --video FILE")
-    out = writable_path(args.out or _default_out(args.image, args.command), "--out")
+    out = writable_path(args.out or _default_out(args.image, args.command), "--out", overwrite=args.overwrite)
     img = read_image(args.image)                                    # fail fast on a bad path, before the model
     img2 = read_image(args.image2) if args.command == "match" else None
     model, note = load_backbone(args.model, args.weights)
@@ -355,11 +359,11 @@ def _pictures(args) -> None:
 
 def _run(args) -> None:
     "Run the parsed command `args`."
-    if args.command == "demo": run_demo(args.model, args.weights, args.image, args.size, args.out)
+    if args.command == "demo": run_demo(args.model, args.weights, args.image, args.size, args.out, args.overwrite)
     elif args.command in ("heatmap", "pca", "kmeans", "match"): _pictures(args)
     elif args.command == "export":
         model, note = load_backbone(args.model, args.weights)
-        export_model(model, args.format, args.out, height=args.height, width=args.width, batch=args.batch,
+        export_model(model, args.format, args.out, args.overwrite, height=args.height, width=args.width, batch=args.batch,
                      dynamic=args.dynamic, fp16=args.fp16, layers=args.layers, verify=not args.no_verify,
                      min_cosine=args.min_cosine, max_abs_diff=args.max_diff)
     elif args.command == "verify":
@@ -374,7 +378,7 @@ def _run(args) -> None:
         with reading(args.path, "checkpoint", "check the path, or download the file again"): model = load(args.path)
         print(f"{args.path}: {describe(model)}")
     elif args.command == "convert":
-        print(f"wrote {convert_checkpoint(args.src, args.dst, args.to)}")
+        print(f"wrote {convert_checkpoint(args.src, args.dst, args.to, args.overwrite)}")
 
 def main(argv:list[str]|None=None) -> int:
     "Run the `dinov3nb` command line under the error policy of `09_errors` (`--debug`: tracebacks too)."

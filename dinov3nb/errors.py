@@ -119,6 +119,7 @@ def writable_path(
     path:str|Path, # where the command will write
     what:str="output file", # for the message, e.g. "--out"
     folder:bool=False, # the output is a folder (else a file)
+    overwrite:bool=False, # the user asked (--overwrite) to replace an existing file / write into a non-empty folder
 ) -> Path:
     "Check that `path` can be written (right kind, parent folder creatable and writable) before any work; return it."
     p = Path(path)
@@ -134,6 +135,9 @@ def writable_path(
     except OSError as e:
         raise UserError(f"cannot write {what} {str(p)!r}: {str(base)!r} is not writable ({e.strerror}): "
                         "choose a location you can write to") from None
+    if not overwrite and (p.is_file() or (folder and p.is_dir() and any(p.iterdir()))):
+        raise UserError(f"{what} {str(p)!r} " + ("already holds files" if folder else "exists")
+                        + ": choose a new name, or pass --overwrite to replace " + ("files of the same names" if folder else "it"))
     if p.is_file() and not os.access(p, os.W_OK):
         raise UserError(f"{what} {str(p)!r} exists and is read-only: choose another name, or make it writable")
     return p

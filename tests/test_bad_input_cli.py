@@ -100,10 +100,10 @@ W = ["--weights", T]
 ONNX = "onnx"  # marks the cases that need ONNX Runtime
 CASES = [
     # id, argv, exit code, words the message must contain, needs
-    ("export-batch-0", ["export", "onnx", *W, "--batch", "0", "--out", "existing.png"], 2, ["--batch", "0 is too small"], None),
+    ("export-batch-0", ["export", "onnx", *W, "--batch", "0", "--out", "existing.png", "--overwrite"], 2, ["--batch", "0 is too small"], None),
     ("export-height-0", ["export", "onnx", *W, "--height", "0"], 2, ["--height", "0 is too small"], None),
     ("export-height-negative", ["export", "onnx", *W, "--height", "-16"], 2, ["--height", "-16 is too small"], None),
-    ("export-height-not-stride", ["export", "onnx", *W, "--height", "40", "--out", "existing.png"], 2,
+    ("export-height-not-stride", ["export", "onnx", *W, "--height", "40", "--out", "existing.png", "--overwrite"], 2,
      ["--height 40", "multiple of the model's stride 16", "e.g. 32"], ONNX),
     ("export-width-below-stride", ["export", "onnx", *W, "--width", "8"], 2, ["--width 8", "stride 16"], ONNX),
     ("export-layer-out-of-range", ["export", "onnx", *W, "--height", "32", "--width", "32", "--layers", "99", "--out", "out/x.onnx"],
@@ -117,14 +117,14 @@ CASES = [
     ("image-corrupt", ["heatmap", "bad.png", *W, "--size", "32"], 2, ["bad.png", "not a readable image"], None),
     ("image-decompression-bomb", ["pca", "bomb.png", *W, "--size", "32"], 2, ["bomb.png", "too large to open safely"], None),
     ("image-unknown-skimage", ["heatmap", "skimage:nope", *W, "--size", "32"], 2, ["skimage:nope", "skimage:chelsea"], None),
-    ("patch-off-the-grid", ["heatmap", "img.png", *W, "--size", "32", "--patch", "9,9", "--out", "existing.png"], 2,
+    ("patch-off-the-grid", ["heatmap", "img.png", *W, "--size", "32", "--patch", "9,9", "--out", "existing.png", "--overwrite"], 2,
      ["(row=9, col=9)", "outside the 2x3 grid"], None),
-    ("pixel-off-the-image", ["heatmap", "img.png", *W, "--size", "32", "--xy", "500,5", "--out", "existing.png"], 2,
+    ("pixel-off-the-image", ["heatmap", "img.png", *W, "--size", "32", "--xy", "500,5", "--out", "existing.png", "--overwrite"], 2,
      ["x=500", "outside the 64x48"], None),
     ("out-under-a-file", ["heatmap", "img.png", *W, "--size", "32", "--out", "notes.txt/h.png"], 2, ["is a file, not a folder"], None),
     ("out-is-a-folder", ["heatmap", "img.png", *W, "--size", "32", "--out", "out"], 2, ["--out 'out' is a folder", "give a file name"], None),
     ("out-read-only", ["heatmap", "img.png", *W, "--size", "32", "--out", "/sys/dinov3nb-test.png"], 2, ["'/sys'", "not writable"], "linux"),
-    ("kmeans-k-above-patches", ["kmeans", "img.png", *W, "--size", "32", "-k", "1000", "--out", "existing.png"], 2,
+    ("kmeans-k-above-patches", ["kmeans", "img.png", *W, "--size", "32", "-k", "1000", "--out", "existing.png", "--overwrite"], 2,
      ["k=1000", "6 patches", "2x3 grid", "1 <= k <= 6"], None),
     ("kmeans-k-0", ["kmeans", "img.png", *W, "-k", "0"], 2, ["-k", "0 is too small"], None),
     ("kmeans-frames-0", ["kmeans", "--video", "anim.gif", *W, "--frames", "0"], 2, ["--frames", "0 is too small"], None),
@@ -133,12 +133,12 @@ CASES = [
     ("video-corrupt-gif", ["kmeans", "--video", "bad.gif", *W, "--size", "32", "--out", "v.mp4"], 2,
      ["cannot read GIF 'bad.gif'", "intact GIF"], "cv2"),
     ("video-missing", ["kmeans", "--video", "nowhere.mp4", *W, "--out", "v.mp4"], 2, ["cannot open video 'nowhere.mp4'"], "cv2"),
-    ("video-out-not-a-video", ["kmeans", "--video", "anim.gif", *W, "--out", "existing.png"], 2, ["use a .mp4 or .avi name"], None),
+    ("video-out-not-a-video", ["kmeans", "--video", "anim.gif", *W, "--out", "existing.png", "--overwrite"], 2, ["use a .mp4 or .avi name"], None),
     ("no-display", ["kmeans", "--video", "anim.gif", *W, "--size", "32"], 2, ["no display", "--out result.mp4"], "linux"),
     ("no-camera", ["kmeans", "--camera", "37", *W, "--out", "v.mp4"], 2, ["cannot open USB camera 37"], "cv2"),
     ("match-max-lines-0", ["match", "img.png", "img.png", *W, "--max-lines", "0"], 2, ["--max-lines", "0 is too small"], None),
     ("demo-out-is-a-file", ["demo", *W, "--size", "32", "--out", "notes.txt"], 2, ["'notes.txt' is a file, not a folder"], None),
-    ("model-disagrees-with-weights", ["heatmap", "img.png", "--model", "dinov3_vitb16", *W, "--size", "32", "--out", "existing.png"], 2,
+    ("model-disagrees-with-weights", ["heatmap", "img.png", "--model", "dinov3_vitb16", *W, "--size", "32", "--out", "existing.png", "--overwrite"], 2,
      ["--model dinov3_vitb16 does not match the weights 'tiny.safetensors'", "Drop --model"], None),
     ("unknown-model", ["heatmap", "img.png", "--model", "dinov3_vitz16", *W], 2, ["--model", "invalid choice: 'dinov3_vitz16'"], None),
     ("weights-missing", ["pca", "img.png", "--weights", "nowhere.pth", "--size", "32"], 2, ["nowhere.pth"], None),
@@ -154,6 +154,12 @@ CASES = [
     ("verify-max-diff", ["verify", "tiny.onnx", *W, "--max-diff", "0"], 1, ["max abs diff", "(at most 0.0)"], ONNX),
     ("convert-onto-itself", ["convert", T, T], 2, ["is the checkpoint being converted"], None),
     ("convert-under-a-file", ["convert", T, "notes.txt/x.safetensors"], 2, ["is a file, not a folder"], None),
+    ("out-file-exists", ["heatmap", "img.png", *W, "--size", "32", "--out", "existing.png"], 2,
+     ["--out 'existing.png' exists: choose a new name, or pass --overwrite"], None),
+    ("demo-out-holds-files", ["demo", *W, "--size", "32", "--out", "."], 2, ["already holds files", "--overwrite"], None),
+    ("export-out-exists", ["export", "onnx", *W, "--height", "32", "--width", "32", "--out", "existing.png"], 2,
+     ["exists: choose a new name, or pass --overwrite"], None),
+    ("convert-onto-an-existing-file", ["convert", T, "existing.png"], 2, ["exists: choose a new name, or pass --overwrite"], None),
     ("convert-hf-onto-a-file", ["convert", T, "existing.png", "--to", "hf"], 2, ["'existing.png' is a file, not a folder"], None),
     ("no-command", [], 2, ["required: command"], None),
     ("unknown-command", ["segment"], 2, ["invalid choice: 'segment'"], None),
@@ -272,10 +278,10 @@ def _cli(*args, cwd) -> subprocess.CompletedProcess:
 def test_crash_cases_in_a_real_process(work):
     "`export --batch 0` used to die of SIGFPE; now every one of these exits 2 with a message, in a fresh process."
     before = snapshot(work)
-    for args, words in [(["export", "onnx", *W, "--batch", "0", "--height", "32", "--width", "32", "--out", "existing.png"],
+    for args, words in [(["export", "onnx", *W, "--batch", "0", "--height", "32", "--width", "32", "--out", "existing.png", "--overwrite"],
                          "argument --batch: 0 is too small"),
                         (["export", "onnx", *W, "--height", "0"], "argument --height: 0 is too small"),
-                        (["kmeans", "img.png", *W, "--size", "32", "-k", "1000", "--out", "existing.png"], "k=1000 clusters for 6 patches")]:
+                        (["kmeans", "img.png", *W, "--size", "32", "-k", "1000", "--out", "existing.png", "--overwrite"], "k=1000 clusters for 6 patches")]:
         r = _cli(*args, cwd=work)
         assert r.returncode == 2, (args, r.returncode, r.stderr)
         assert words in r.stderr and "Traceback" not in r.stdout + r.stderr, r.stderr

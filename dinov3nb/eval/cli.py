@@ -211,8 +211,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _evaluate(a) -> int:
     "Check the output folders, evaluate every protocol of `a`, write and print the results."
-    writable_path(a.out, "--out", folder=True)
-    if a.cache: writable_path(a.cache, "--cache", folder=True)
+    writable_path(a.out, "--out", folder=True, overwrite=True)   # results are merged into results.json, never lost
+    if a.cache: writable_path(a.cache, "--cache", folder=True, overwrite=True)
     read_results(a.out)                                          # refuse an unreadable results.json before the work
     model = eval_model(a.model, a.weights, a.seed)
     records = []
