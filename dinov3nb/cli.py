@@ -81,8 +81,8 @@ def run_demo(
 ) -> dict:
     "Load a backbone and run `demo_pictures`: feature shapes, timing and a text heatmap; heatmap, PCA and KMeans PNGs."
     out = out or sys.stdout
-    writable_path(out_dir, "--out", folder=True, overwrite=overwrite)
     if image: read_image(image)                                      # fail fast on a bad photo, before the model
+    writable_path(out_dir, "--out", folder=True, overwrite=overwrite)
     model, note = load_backbone(model_name, weights, err=err)
     res = demo_pictures(model, image, size=size, out_dir=out_dir, name=model_name, note=note,
                         weights="random weights: pass --weights for real features" if "RANDOM" in note else "weights " + note,
