@@ -33,9 +33,10 @@ from .heads.dinotxt_zeroshot import (class_prompts, openvocab_cosines, openvocab
 
 # %% auto #0
 __all__ = ['SSL_REFERENCE_BOUNDS', 'HEADS_BOUNDS', 'TOP2_GAP_TIE', 'reference_dir', 'max_rel_diff', 'vit_reference_diffs',
-           'check_vit_reference', 'check_multicrop_reference', 'convnext_reference_diffs', 'check_convnext_reference',
-           'losses_reference_diffs', 'load_ssl_reference', 'ssl_step_reference_diffs', 'check_ssl_step_reference',
-           'heads_reference_outputs', 'heads_bound', 'heads_reference_diffs', 'check_heads_reference']
+           'assert_within', 'check_vit_reference', 'check_multicrop_reference', 'convnext_reference_diffs',
+           'check_convnext_reference', 'losses_reference_diffs', 'load_ssl_reference', 'ssl_step_reference_diffs',
+           'check_ssl_step_reference', 'heads_reference_outputs', 'heads_bound', 'heads_reference_diffs',
+           'check_heads_reference']
 
 # %% ../nbs/99_testing.ipynb #50ad7029
 def reference_dir() -> Path|None:
@@ -85,12 +86,15 @@ def vit_reference_diffs(case:str, ref:Path|None=None, dtype:torch.dtype=torch.fl
     return diffs
 
 # %% ../nbs/99_testing.ipynb #d8862d50
-def check_vit_reference(case:str, ref:Path|None=None, atol:float=1e-4) -> dict[str, float]:
-    "Assert every output of reference `case` matches to `atol` (max abs diff); return the diffs."
-    diffs = vit_reference_diffs(case, ref)
+def assert_within(case:str, diffs:dict[str, float], atol:float) -> dict[str, float]:
+    "Raise naming every output of `case` whose max abs diff exceeds `atol` (NaN counts as a failure); return `diffs`."
     bad = {k: v for k, v in diffs.items() if not v <= atol}
     if bad: raise AssertionError(f"{case}: outputs off by more than {atol}: {bad}")
     return diffs
+
+def check_vit_reference(case:str, ref:Path|None=None, atol:float=1e-4) -> dict[str, float]:
+    "Assert every output of reference `case` matches to `atol` (max abs diff); return the diffs."
+    return assert_within(case, vit_reference_diffs(case, ref), atol)
 
 # %% ../nbs/99_testing.ipynb #38bf0fcf
 def check_multicrop_reference(ref:Path|None=None) -> dict[str, float]:
@@ -137,10 +141,7 @@ def convnext_reference_diffs(case:str="convnext_mini", ref:Path|None=None, dtype
 # %% ../nbs/99_testing.ipynb #6779d6cc
 def check_convnext_reference(case:str="convnext_mini", ref:Path|None=None, atol:float=1e-4) -> dict[str, float]:
     "Assert every output of ConvNeXt reference `case` matches to `atol` (max abs diff); return the diffs."
-    diffs = convnext_reference_diffs(case, ref)
-    bad = {k: v for k, v in diffs.items() if not v <= atol}
-    if bad: raise AssertionError(f"{case}: outputs off by more than {atol}: {bad}")
-    return diffs
+    return assert_within(case, convnext_reference_diffs(case, ref), atol)
 
 # %% ../nbs/99_testing.ipynb #784b1ff6
 def losses_reference_diffs(ref:Path|None=None) -> dict[str, float]:
