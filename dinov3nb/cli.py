@@ -20,8 +20,8 @@ from .errors import CheckFailed, UserError, at_least, pop_debug, reading, run_co
 from .jetson.pictures import demo_pictures, heatmap_picture, kmeans_picture, match_picture, pca_picture, read_image
 
 # %% auto #0
-__all__ = ['DEFAULT_MODEL', 'MIN_COSINE', 'resolve_weights', 'load_backbone', 'run_demo', 'describe', 'convert_checkpoint',
-           'check_file', 'export_model', 'main']
+__all__ = ['DEFAULT_MODEL', 'MIN_COSINE', 'OWN_PARSERS', 'resolve_weights', 'load_backbone', 'run_demo', 'describe',
+           'convert_checkpoint', 'check_file', 'export_model', 'main']
 
 # %% ../nbs/90_cli.ipynb #959a02a3
 DEFAULT_MODEL = "dinov3_vits16"  # the preset of random weights, and the cache name, when --model is not given
@@ -296,15 +296,9 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", parents=[common, check], help="compare an exported .onnx / .engine file with the torch model; "
                        "exit code 1 below the thresholds")
     v.add_argument("file", help="an .onnx file or a TensorRT .engine written for --model/--weights")
-    ev = sub.add_parser("eval", help="evaluate a frozen backbone: knn, linear, logreg, seg, depth, fg, match, track or all "
-                        "(`dinov3nb eval -h` lists the options)", add_help=False)
-    ev.add_argument("args", nargs=argparse.REMAINDER, help="the protocol and its options, see `dinov3nb eval -h`")
-    tr = sub.add_parser("train", help="self-supervised training: --config PRESET_OR_YAML key=value ... [--resume] "
-                        "(`dinov3nb train -h` lists the options)", add_help=False)
-    tr.add_argument("args", nargs=argparse.REMAINDER, help="the config and overrides, see `dinov3nb train -h`")
-    sb = sub.add_parser("submit", help="run `dinov3nb train` as a SLURM job (or --local) through submitit "
-                        "(`dinov3nb submit -h` lists the options)", add_help=False)
-    sb.add_argument("args", nargs=argparse.REMAINDER, help="cluster options and train arguments, see `dinov3nb submit -h`")
+    for name, (_, _, about) in OWN_PARSERS.items():  # commands with their own parser: `dinov3nb NAME -h` lists the options
+        sub.add_parser(name, help=f"{about} (`dinov3nb {name} -h` lists the options)", add_help=False).add_argument(
+            "args", nargs=argparse.REMAINDER, help=f"see `dinov3nb {name} -h`")
     sub.add_parser("list", help="list the released backbones")
     i = sub.add_parser("info", help="describe a checkpoint file or directory")
     i.add_argument("path", help="checkpoint file or Hugging Face directory")
@@ -380,19 +374,20 @@ def _run(args) -> None:
     elif args.command == "convert":
         print(f"wrote {convert_checkpoint(args.src, args.dst, args.to, args.overwrite)}")
 
+OWN_PARSERS = {  # command -> (module, function taking the remaining arguments and returning the exit code, what it does)
+    "eval": ("dinov3nb.eval.cli", "eval_main", "evaluate a frozen backbone: knn, linear, logreg, seg, depth, fg, match, track or all"),
+    "train": ("dinov3nb.train.run", "train_main", "self-supervised training: --config PRESET_OR_YAML key=value ... [--resume]"),
+    "submit": ("dinov3nb.train.submit", "submit_main", "run `dinov3nb train` as a SLURM job (or --local) through submitit"),
+}
+
 def main(argv:list[str]|None=None) -> int:
     "Run the `dinov3nb` command line under the error policy of `09_errors` (`--debug`: tracebacks too)."
+    from importlib import import_module
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["eval"]:  # its own parser (20_eval ... 25_eval.cli), with its own help and exit codes
-        from dinov3nb.eval.cli import eval_main
-        return eval_main(argv[1:])
-    if argv[:1] == ["train"]:  # its own parser (10d_train.run), configs from presets/YAML and key=value overrides
-        from dinov3nb.train.run import train_main
-        return train_main(argv[1:])
-    if argv[:1] == ["submit"]:  # its own parser (17_train.submit): SLURM or local jobs through submitit
-        from dinov3nb.train.submit import submit_main
-        return submit_main(argv[1:])
+    if argv[:1] and argv[0] in OWN_PARSERS:  # its own parser in its own chapter, with its own help and exit codes
+        module, function, _ = OWN_PARSERS[argv[0]]
+        return getattr(import_module(module), function)(argv[1:])
     argv, debug = pop_debug(argv)
-    if argv[:1] in (["eval"], ["train"], ["submit"]): return main([*argv, "--debug"])  # `dinov3nb --debug eval ...`
+    if argv[:1] and argv[0] in OWN_PARSERS: return main([*argv, "--debug"])  # `dinov3nb --debug eval ...`
     args = _parser().parse_args(argv)
     return run_command(lambda: _run(args), f"dinov3nb {args.command}", debug=debug)
