@@ -14,18 +14,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..train.data import IMAGE_EXTENSIONS, ImageFolderDataset
+from ..train.data import ImageFolderDataset
+from ..train.data import NYU_TREE, NYUv2Depth, _check_layout, _paired_files  # the NYUv2 reader serves `dinov3nb train-head` too
 from ..shapesworld import ShapesVideo, ShapesWorld
 
 # %% auto #0
-__all__ = ['CLASSIFICATION_TREE', 'IGNORE_INDEX', 'ADE20K_TREE', 'NYU_TREE', 'DAVIS_TREE', 'classification_splits',
-           'ADE20KSegmentation', 'NYUv2Depth', 'DAVISVideos', 'ShapesDense', 'shapes_videos']
+__all__ = ['CLASSIFICATION_TREE', 'IGNORE_INDEX', 'ADE20K_TREE', 'DAVIS_TREE', 'classification_splits', 'ADE20KSegmentation',
+           'DAVISVideos', 'ShapesDense', 'shapes_videos']
 
 # %% ../../nbs/21_eval.data.ipynb #ac668319
-def _check_layout(root:Path, what:str, tree:str) -> None:
-    "Raise FileNotFoundError naming `what` is missing under `root`, with the expected `tree`."
-    raise FileNotFoundError(f"{what} not found under {str(root)!r}; expected the layout\n{tree}")
-
 CLASSIFICATION_TREE = "  root/train/<class>/*.jpg\n  root/val/<class>/*.jpg\n  root/test/<class>/*.jpg (optional)"
 
 def classification_splits(
@@ -61,16 +58,6 @@ IGNORE_INDEX = 255
 ADE20K_TREE = ("  ADEChallengeData2016/images/{training,validation}/<name>.jpg\n"
                "  ADEChallengeData2016/annotations/{training,validation}/<name>.png")
 
-def _paired_files(images:Path, targets:Path, tree:str, root:Path) -> list[tuple[Path, Path]]:
-    "Pair every image under `images` with the `.png` of the same stem under `targets`; raise if any is missing."
-    for d in (images, targets):
-        if not d.is_dir(): _check_layout(root, f"folder {d.relative_to(root)}/", tree)
-    imgs = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not imgs: _check_layout(root, f"images in {images.relative_to(root)}/", tree)
-    missing = [p.name for p in imgs if not (targets / f"{p.stem}.png").exists()]
-    if missing: raise FileNotFoundError(f"{len(missing)} images have no target {targets}/<name>.png, e.g. {missing[:3]}")
-    return [(p, targets / f"{p.stem}.png") for p in imgs]
-
 class ADE20KSegmentation(torch.utils.data.Dataset):
     "ADE20K SceneParsing: `(PIL image, int64 [H, W] target)` with classes 0..149 and 255 ignored."
     num_classes = 150
@@ -87,27 +74,6 @@ class ADE20KSegmentation(torch.utils.data.Dataset):
         label = np.asarray(Image.open(ann)).astype(np.int64)                   # 0 other, 1..150
         return Image.open(img).convert("RGB"), np.where(label == 0, IGNORE_INDEX, label - 1)
     def fingerprint(self) -> str: return json.dumps(dict(kind="ADE20K", files=[(str(a), a.stat().st_mtime_ns) for a, _ in self.files]))
-
-# %% ../../nbs/21_eval.data.ipynb #88b03e5a
-NYU_TREE = "  nyu/{train,test}/rgb/<name>.jpg\n  nyu/{train,test}/depth/<name>.png (uint16, millimetres)"
-
-class NYUv2Depth(torch.utils.data.Dataset):
-    "NYUv2 depth: `(PIL image, float32 [H, W] depth in metres)`, 0 where there is no measurement."
-    max_depth = 10.0
-    def __init__(self,
-                 root:str|Path, # the nyu folder
-                 split:str="test", # "train" or "test"
-                 depth_scale:float=1000.0): # PNG units per metre
-        if split not in ("train", "test"): raise ValueError(f"split={split!r}; use 'train' or 'test'")
-        self.root, self.split, self.depth_scale = Path(root), split, depth_scale
-        self.files = _paired_files(self.root / split / "rgb", self.root / split / "depth", NYU_TREE, self.root)
-
-    def __len__(self) -> int: return len(self.files)
-    def __getitem__(self, i:int) -> tuple[Image.Image, np.ndarray]:
-        img, dep = self.files[i]
-        depth = np.asarray(Image.open(dep)).astype(np.float32) / self.depth_scale
-        return Image.open(img).convert("RGB"), depth
-    def fingerprint(self) -> str: return json.dumps(dict(kind="NYUv2", files=[(str(a), a.stat().st_mtime_ns) for a, _ in self.files]))
 
 # %% ../../nbs/21_eval.data.ipynb #db7a2aa9
 DAVIS_TREE = ("  DAVIS/JPEGImages/480p/<video>/00000.jpg\n  DAVIS/Annotations/480p/<video>/00000.png\n"

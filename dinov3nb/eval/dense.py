@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .features import (BackboneTransform, average_precision, confusion_matrix, depth_metrics,
-                                 patch_and_cls, pyplot, segmentation_scores)
+from .features import (BackboneTransform, average_precision, confusion_matrix, patch_and_cls, pyplot,
+                                 segmentation_scores)
+from ..heads.linear_depth import LinearDepthHead, depth_metrics, silog_loss  # shared with `dinov3nb train-head`
 
 # %% auto #0
 __all__ = ['dense_features', 'resize_target', 'extract_dense', 'LinearSegHead', 'segmentation_loss', 'sliding_window',
-           'predict_dense', 'linear_segmentation', 'LinearDepthHead', 'silog_loss', 'linear_depth', 'patch_labels',
-           'foreground_segmentation', 'mutual_nearest_neighbours', 'matching_scores', 'view_pair', 'patch_matching',
-           'plot_dense_predictions']
+           'predict_dense', 'linear_segmentation', 'linear_depth', 'patch_labels', 'foreground_segmentation',
+           'mutual_nearest_neighbours', 'matching_scores', 'view_pair', 'patch_matching', 'plot_dense_predictions']
 
 # %% ../../nbs/23_eval.dense.ipynb #1b58b1b1
 def dense_features(model:nn.Module, x:Tensor, n_layers:int=1) -> Tensor: # [B, n_layers D, h, w]
@@ -142,25 +142,6 @@ def linear_segmentation(
     s = segmentation_scores(conf)
     return {"mIoU": 100 * s["mIoU"], "pixel_acc": 100 * s["pixel_acc"], "IoU": s["IoU"], "head": head,
             "confusion": conf}
-
-# %% ../../nbs/23_eval.dense.ipynb #e2c0ef5c
-class LinearDepthHead(nn.Module):
-    "BatchNorm + 1x1 convolution to `n_bins` depth-bin logits; depth = expected bin centre (linear normalisation)."
-    def __init__(self, in_dim:int, n_bins:int=256, min_depth:float=1e-3, max_depth:float=10.0):
-        super().__init__()
-        self.bn, self.conv = nn.BatchNorm2d(in_dim), nn.Conv2d(in_dim, n_bins, 1)
-        self.register_buffer("centres", torch.linspace(min_depth, max_depth, n_bins))   # c_k [K]
-    def forward(self, feats:Tensor) -> Tensor: # depth [B, 1, h, w]
-        w = F.relu(self.conv(self.bn(feats))) + 0.1                                     # [B, K, h, w]
-        w = w / w.sum(1, keepdim=True)
-        return torch.einsum("bkhw,k->bhw", w, self.centres)[:, None]
-
-def silog_loss(pred:Tensor, target:Tensor, variance_focus:float=0.85, min_depth:float=1e-3) -> Tensor:
-    "Scale-invariant log loss of depth [B, 1, h, w] upsampled to the target [B, H, W], over pixels with depth > 0."
-    up = F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    valid = target > min_depth
-    g = up[valid].clamp(min=min_depth).log() - target[valid].log()
-    return (g.pow(2).mean() - variance_focus * g.mean().pow(2)).clamp(min=1e-8).sqrt()
 
 # %% ../../nbs/23_eval.dense.ipynb #bcb75099
 def linear_depth(

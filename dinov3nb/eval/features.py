@@ -21,7 +21,7 @@ from ..deploy.export import model_fingerprint  # one fingerprint for the feature
 
 # %% auto #0
 __all__ = ['FeatureKind', 'patch_and_cls', 'global_features', 'PixelFeatures', 'data_fingerprint', 'BackboneTransform',
-           'extract_features', 'pyplot', 'topk_accuracy', 'confusion_matrix', 'segmentation_scores', 'depth_metrics',
+           'extract_features', 'pyplot', 'topk_accuracy', 'confusion_matrix', 'segmentation_scores',
            'average_precision', 'region_similarity', 'boundary_f_measure']
 
 # %% ../../nbs/20_eval.ipynb #0ea8a741
@@ -206,19 +206,7 @@ def segmentation_scores(conf:Tensor) -> dict[str, float]: # `mIoU`, `pixel_acc`,
             "IoU": iou.tolist()}
 
 # %% ../../nbs/20_eval.ipynb #6fc132c5
-def depth_metrics(
-    pred:Tensor, # predicted depth, any shape
-    target:Tensor, # true depth, same shape; <= 0 means no measurement
-    min_depth:float=1e-3, max_depth:float|None=None, # evaluation range of the true depth
-) -> dict[str, float]: # `rmse`, `abs_rel`, `delta1`
-    "Return RMSE, absolute relative error and delta1 over the pixels with a valid true depth."
-    pred, target = pred.double(), target.double()
-    valid = (target > min_depth) & (target <= max_depth if max_depth is not None else True)
-    if not valid.any(): raise ValueError("no valid ground-truth depth (all <= min_depth or > max_depth)")
-    p, t = pred[valid].clamp(min=min_depth), target[valid]
-    ratio = torch.maximum(p / t, t / p)
-    return {"rmse": (p - t).pow(2).mean().sqrt().item(), "abs_rel": ((p - t).abs() / t).mean().item(),
-            "delta1": (ratio < 1.25).double().mean().item()}
+from ..heads.linear_depth import depth_metrics  # shared with `dinov3nb train-head`
 
 # %% ../../nbs/20_eval.ipynb #88eeb715
 def average_precision(
