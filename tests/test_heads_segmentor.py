@@ -177,3 +177,56 @@ def test_released_files_load_and_wrong_files_are_errors_naming_the_keys(referenc
         build_tiny(entry, weights=tmp_path / "all.pth", backbone_weights=tmp_path / "backbone.pth")
     with pytest.raises(ValueError, match="meta"):
         dinov3_vit7b16_ms(tmp_path / "head.pth", device="meta")
+
+
+def test_segment_command_writes_overlay_class_png_and_json(tmp_path, capsys):
+    from PIL import Image
+    from dinov3nb.cli import main
+    img = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)).save(img)
+    args = ["segment", str(img), "--random", "--size", "64", "--crop", "64", "--stride", "48", "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    out = tmp_path / "o"
+    assert sorted(p.name for p in out.iterdir()) == ["photo_classes.png", "photo_segment.json", "photo_segment.png"]
+    cmap = np.asarray(Image.open(out / "photo_classes.png"))
+    assert cmap.shape == (70, 90) and cmap.max() < 150
+    info = json.loads((out / "photo_segment.json").read_text())
+    assert info["height"] == 70 and abs(sum(c["fraction"] for c in info["classes"]) - 1) < 1e-4
+    assert "RANDOM" in info["model"]
+    capsys.readouterr()
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err  # never overwrites silently
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["missing.jpg", "--random"], "cannot read image"),
+    (["skimage:coffee"], "--backbone-weights"),
+    (["skimage:coffee", "--weights", "nope.pth", "--backbone-weights", "nope.pth"], "--weights nope.pth: no such file"),
+    (["skimage:coffee", "--random", "--weights", "x.pth"], "do not also pass"),
+    (["skimage:coffee", "--random", "--size", "8"], "too small"),
+])
+def test_segment_command_bad_input_is_named(tmp_path, capsys, argv, message):
+    from dinov3nb.heads.segment_cli import segment_main
+    with pytest.raises(SystemExit) if "--size" in argv else _nothing():
+        code = segment_main(argv + ["--out", str(tmp_path / "o")])
+        assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+class _nothing:
+    def __enter__(self): return self
+    def __exit__(self, *a): return False
+
+
+def test_segment_command_head_file_that_does_not_fit_is_named(reference_dir, tmp_path, capsys):
+    from dinov3nb.heads.segment_cli import segment_main
+    torch.save({"surplus.weight": torch.ones(1)}, tmp_path / "head.pth")
+    torch.save({"cls_token": torch.ones(1)}, tmp_path / "backbone.pth")
+    import dinov3nb.heads.segment_cli as cli
+    cli_model = cli.dinov3_vit7b16_ms
+    cli.dinov3_vit7b16_ms = lambda w, b, **kw: cli_model(w, b, backbone=DinoVisionTransformer(ViTConfig.tiny(depth=4)), cfg=SMALL)
+    try: code = segment_main(["skimage:coffee", "--weights", str(tmp_path / "head.pth"), "--backbone-weights",
+                              str(tmp_path / "backbone.pth"), "--out", str(tmp_path / "o")])
+    finally: cli.dinov3_vit7b16_ms = cli_model
+    err = capsys.readouterr().err
+    assert code == 2 and "unexpected keys: surplus.weight" in err and "missing keys" in err, err
