@@ -230,3 +230,31 @@ def test_segment_command_head_file_that_does_not_fit_is_named(reference_dir, tmp
     finally: cli.dinov3_vit7b16_ms = cli_model
     err = capsys.readouterr().err
     assert code == 2 and "unexpected keys: surplus.weight" in err and "missing keys" in err, err
+
+
+def fake_ade20k(root, n=2, size=(40, 56), seed=0):
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split in ("training", "validation"):
+        (root / "images" / split).mkdir(parents=True); (root / "annotations" / split).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(root / "images" / split / f"ADE_{i}.jpg")
+            ann = np.kron(rng.integers(0, 4, (size[0] // 8, size[1] // 8)), np.ones((8, 8), dtype=np.int64)).astype(np.uint8)
+            Image.fromarray(ann).save(root / "annotations" / split / f"ADE_{i}.png")
+    return root
+
+
+def test_eval_seg_m2f_on_an_ade20k_folder(tmp_path, capsys):
+    from dinov3nb.eval.cli import eval_main
+    data = fake_ade20k(tmp_path / "ADEChallengeData2016")
+    args = ["seg", "--head", "m2f", "--model", "vit_tiny", "--data", str(data), "--size", "48", "--quiet", "--out", str(tmp_path / "r")]
+    assert eval_main(args) == 0
+    rec = json.loads((tmp_path / "r" / "results.json").read_text())[-1]
+    assert rec["protocol"] == "seg" and 0 <= rec["metrics"]["mIoU"] <= 1 and 0 <= rec["metrics"]["pixel_acc"] <= 1
+    torch.save({"surplus.weight": torch.ones(1)}, tmp_path / "head.pth")
+    capsys.readouterr()
+    assert eval_main(args + ["--head-weights", str(tmp_path / "head.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "unexpected keys: surplus.weight" in err and "missing keys: segmentation_model" in err, err
+    assert eval_main(["seg", "--head", "m2f", "--model", "pixels", "--data", str(data), "--quiet", "--out", str(tmp_path / "r")]) == 2
+    assert "not one" in capsys.readouterr().err

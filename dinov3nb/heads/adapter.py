@@ -114,6 +114,8 @@ class ViTAdapter(nn.Module):
         super().__init__()
         D = backbone.embed_dim
         self.backbone, self.layers = backbone, list(layers)
+        if len(self.layers) != 4: raise ValueError(f"the adapter reads 4 ViT layers (one per output stride), got {self.layers}; "
+                                                   "repeat an index for a backbone with fewer than 4 blocks")
         self.backbone.requires_grad_(False)
         self.level_embed = nn.Parameter(torch.zeros(3, D, device=device))
         self.spm = SpatialPriorModule(conv_inplane, D, device=device)
