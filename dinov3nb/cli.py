@@ -379,6 +379,7 @@ OWN_PARSERS = {  # command -> (module, function taking the remaining arguments a
     "train": ("dinov3nb.train.run", "train_main", "self-supervised training: --config PRESET_OR_YAML key=value ... [--resume]"),
     "submit": ("dinov3nb.train.submit", "submit_main", "run `dinov3nb train` as a SLURM job (or --local) through submitit"),
     "train-head": ("dinov3nb.train.heads", "train_head_main", "train a depth head (DPT or linear) on a frozen backbone: depth --head dpt|linear"),
+    "segment": ("dinov3nb.heads.segment_cli", "segment_main", "ADE20K semantic segmentation with the released dinov3_vit7b16_ms head: overlay, class-id PNG, JSON"),
 }
 
 def main(argv:list[str]|None=None) -> int:

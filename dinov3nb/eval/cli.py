@@ -102,6 +102,12 @@ def run_protocol(protocol:str, model:nn.Module, a) -> dict[str, float]:
         r = cls.logistic_regression(f["train"], f["val"], f["test"])
         return {"top1": r["test_top1"], "top5": r["test_top5"], "best_C": r["best_C"]}
     if protocol == "seg":
+        if getattr(a, "head", "linear") == "m2f":  # a pretrained ViT-Adapter + Mask2Former instead of a trained linear head
+            from dinov3nb.eval.segmentor import evaluate_segmentor, m2f_segmentor
+            _, te, C = dense_data(a.data, "mask", a)
+            r = evaluate_segmentor(m2f_segmentor(model, a.head_weights, C, a.seed), te, size=a.size, crop=a.size,
+                                   stride=max(1, round(a.size * 596 / 896)), flip=a.flip, progress=progress)
+            return {"mIoU": r["mIoU"], "pixel_acc": r["pixel_acc"]}
         tr, te, C = dense_data(a.data, "mask", a)
         r = dense.linear_segmentation(model, tr, te, C, size=a.size, steps=a.steps, lr=a.lr, seed=a.seed, progress=progress)
         return {"mIoU": r["mIoU"], "pixel_acc": r["pixel_acc"]}
@@ -204,6 +210,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=pos, default=0.1, help="tracking vote temperature")
     p.add_argument("--batch-size", type=n, default=64, help="images per forward pass")
     p.add_argument("--cache", help="folder caching extracted features")
+    p.add_argument("--head", choices=["linear", "m2f"], default="linear", help="seg: train a linear head (default), or "
+                   "evaluate the ViT-Adapter + Mask2Former segmentor (--head-weights: the released head file; none: untrained)")
+    p.add_argument("--head-weights", help="seg --head m2f: the released dinov3_vit7b16_ms head file (with --model dinov3_vit7b16)")
+    p.add_argument("--flip", action="store_true", help="seg --head m2f: flip test-time augmentation")
     p.add_argument("--seed", type=int, default=0, help="seed of data splits, random init and heads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="on an error, also print the traceback")

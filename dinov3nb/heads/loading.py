@@ -20,7 +20,8 @@ from ..models.safety import safe_torch_load  # weights only, after an opcode sca
 from ..models.convert import CheckpointFormatError
 
 # %% auto #0
-__all__ = ['RELEASED_HEADS', 'ReleasedHead', 'read_tensors', 'load_state_strict', 'load_released', 'official_key_diffs']
+__all__ = ['RELEASED_HEADS', 'ReleasedHead', 'head_module', 'read_tensors', 'load_state_strict', 'load_released',
+           'official_key_diffs']
 
 # %% ../../nbs/40_heads.ipynb #d4e4a919
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class ReleasedHead:
     name:str # hub entry, e.g. `dinov3_vit7b16_dd`
     backbone:str # backbone preset (`dinov3nb.models.presets.PRESETS`)
     backbone_prefix:str # backbone keys in the assembled module's state dict
-    head_prefix:str # head keys in the assembled module (the head file has them without it)
+    head_prefix:str # head keys in the assembled module (the head file has them without it); "" when the
+                    # head file keeps the full names of everything but the backbone (the segmentor)
     file:str # released head file, relative to https://dl.fbaipublicfiles.com/dinov3/
 
 RELEASED_HEADS = {h.name: h for h in [
@@ -39,7 +41,30 @@ RELEASED_HEADS = {h.name: h for h in [
                  "dinov3_vit7b16/dinov3_vit7b16_synthmix_dpt_head-02040be1.pth"),
     ReleasedHead("dinov3_vitl16_chmv2", "dinov3_vitl16_sat493m", "encoder.backbone.", "decoder.",
                  "chmv2/dinov3_vitl16_chmv2_dpt_head-3703d643.pth"),
+    ReleasedHead("dinov3_vit7b16_ms", "dinov3_vit7b16", "segmentation_model.0.backbone.", "",
+                 "dinov3_vit7b16/dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth"),
 ]}
+
+# %% ../../nbs/40_heads.ipynb #b1c0a7e3
+def _without(module:nn.Module, path:str) -> nn.Module:
+    "A module tree sharing `module`'s parameters, buffers and children, minus the sub-module at dotted `path`."
+    first, _, rest = path.partition(".")
+    view = nn.Module()
+    view._parameters.update(module._parameters)
+    for name, b in module._buffers.items():
+        view.register_buffer(name, b, persistent=name not in module._non_persistent_buffers_set)
+    for name, child in module._modules.items():
+        if name != first: view._modules[name] = child
+        elif rest: view._modules[name] = _without(child, rest)
+    return view
+
+def head_module(
+    model:nn.Module, # an assembled head model
+    head:ReleasedHead, # its row of `RELEASED_HEADS`
+) -> nn.Module:
+    "The part of `model` the released head file loads into: the sub-module at `head_prefix`, or everything but the backbone."
+    if head.head_prefix: return model.get_submodule(head.head_prefix.rstrip("."))
+    return _without(model, head.backbone_prefix.rstrip("."))
 
 # %% ../../nbs/40_heads.ipynb #266c8927
 def read_tensors(
@@ -95,12 +120,12 @@ def load_released(
                          f"{weights if weights is not None else backbone_weights}")
     if weights is not None:
         sd = read_tensors(weights)
-        if any(k.startswith((head.backbone_prefix, head.head_prefix)) for k in sd):  # a combined state dict
+        if any(k.startswith(head.backbone_prefix) or (head.head_prefix and k.startswith(head.head_prefix)) for k in sd):
             if backbone_weights is not None:
                 raise ValueError(f"{weights} is a combined state dict that holds the backbone too (keys under "
                                  f"{head.backbone_prefix!r}); do not also pass backbone_weights={str(backbone_weights)!r}")
             return load_state_strict(model, sd, f"{weights} (a combined {head.name} state dict)", f"the {head.name} model")
-        load_state_strict(model.get_submodule(head.head_prefix.rstrip(".")), sd, f"{weights} (a head file)",
+        load_state_strict(head_module(model, head), sd, f"{weights} (a head file)",
                           f"the {head.name} head")
     if backbone_weights is not None:
         load_weights_into(model.get_submodule(head.backbone_prefix.rstrip(".")), backbone_weights)
@@ -113,6 +138,5 @@ def official_key_diffs(
     entry:dict, # its entry of `official_head_keys.json`
 ) -> list[str]:
     "List every difference between `model`'s keys and shapes and the official head file and assembled module."
-    head_module = model.get_submodule(head.head_prefix.rstrip("."))
-    return ([f"head file: {p}" for p in compare_with_key_list(head_module, entry["head_checkpoint"]["keys"])] +
+    return ([f"head file: {p}" for p in compare_with_key_list(head_module(model, head), entry["head_checkpoint"]["keys"])] +
             [f"assembled: {p}" for p in compare_with_key_list(model, entry["full_state_dict"]["keys"])])
