@@ -378,6 +378,10 @@ OWN_PARSERS = {  # command -> (module, function taking the remaining arguments a
     "eval": ("dinov3nb.eval.cli", "eval_main", "evaluate a frozen backbone: knn, linear, logreg, seg, depth, fg, match, track or all"),
     "train": ("dinov3nb.train.run", "train_main", "self-supervised training: --config PRESET_OR_YAML key=value ... [--resume]"),
     "submit": ("dinov3nb.train.submit", "submit_main", "run `dinov3nb train` as a SLURM job (or --local) through submitit"),
+    "classify": ("dinov3nb.heads.cli", "classify_main", "top-k ImageNet classes of images (linear head): picture + JSON"),
+    "depth": ("dinov3nb.heads.cli", "depth_main", "depth in metres (DPT) or canopy height (CHMv2): colour map + JSON"),
+    "zeroshot": ("dinov3nb.heads.cli", "zeroshot_main", "zero-shot classification into any labels (dino.txt): picture + JSON"),
+    "zeroshot-seg": ("dinov3nb.heads.cli", "zeroshot_seg_main", "open-vocabulary segmentation (dino.txt): overlay + JSON"),
 }
 
 def main(argv:list[str]|None=None) -> int:
