@@ -183,3 +183,9 @@ def test_the_commands_are_listed_and_run_as_a_program(tmp_path):
     assert r.returncode == 0 and all(c in r.stdout for c in ("classify", "depth", "zeroshot", "zeroshot-seg"))
     r = subprocess.run([sys.executable, "-m", "dinov3nb", "depth", str(tmp_path / "none.jpg")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_a_cuda_device_without_a_gpu_is_bad_input(tmp_path, capsys):
+    rc, _, err = _run(capsys, "depth", "skimage:chelsea", "--device", "cuda", "--out", tmp_path / "d.png")
+    assert rc == 2 and "no CUDA GPU" in err and "Traceback" not in err

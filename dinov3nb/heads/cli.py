@@ -192,6 +192,9 @@ def _labels(spec:str) -> list[str]:
 EPILOG = "Exit codes: 0 done, 2 bad input (the message says what to fix), 70 a bug in dinov3nb, 130 Ctrl-C."
 
 def _device(s:str|None) -> str:
+    "The --device to run on (default: cuda when available); a `UserError` for a CUDA device this machine lacks."
+    if s and s.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {s}: this machine has no CUDA GPU that torch can use; drop --device to run on the CPU")
     return s or ("cuda" if torch.cuda.is_available() else "cpu")
 
 def head_parser(command:str, description:str, weights_help:str, backbone_help:str) -> argparse.ArgumentParser:

@@ -120,7 +120,7 @@ class FeaturesToDepth(nn.Module):
         elif self.norm_strategy == "softmax": w = x.softmax(dim=1)
         else: w = torch.sigmoid(x)
         if self.norm_strategy != "softmax": w = w / w.sum(dim=1, keepdim=True)
-        return torch.einsum("bkhw,k->bhw", w, bins).unsqueeze(1)  # [B, 1, H, W]
+        return torch.einsum("bkhw,k->bhw", w, bins.to(w.dtype)).unsqueeze(1)  # [B, 1, H, W]; the cast keeps ONNX exports in one dtype
 
 # %% ../../nbs/41a_heads.depth.ipynb #1f3cf2a7
 @dataclass
