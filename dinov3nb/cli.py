@@ -380,6 +380,10 @@ OWN_PARSERS = {  # command -> (module, function taking the remaining arguments a
     "submit": ("dinov3nb.train.submit", "submit_main", "run `dinov3nb train` as a SLURM job (or --local) through submitit"),
     "train-head": ("dinov3nb.train.heads", "train_head_main", "train a depth head (DPT or linear) on a frozen backbone: depth --head dpt|linear"),
     "segment": ("dinov3nb.heads.segment_cli", "segment_main", "ADE20K semantic segmentation with the released dinov3_vit7b16_ms head: overlay, class-id PNG, JSON"),
+    "classify": ("dinov3nb.heads.cli", "classify_main", "top-k ImageNet classes of images (linear head): picture + JSON"),
+    "depth": ("dinov3nb.heads.cli", "depth_main", "depth in metres (DPT) or canopy height (CHMv2): colour map + JSON"),
+    "zeroshot": ("dinov3nb.heads.cli", "zeroshot_main", "zero-shot classification into any labels (dino.txt): picture + JSON"),
+    "zeroshot-seg": ("dinov3nb.heads.cli", "zeroshot_seg_main", "open-vocabulary segmentation (dino.txt): overlay + JSON"),
 }
 
 def main(argv:list[str]|None=None) -> int:

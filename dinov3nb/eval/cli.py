@@ -111,6 +111,11 @@ def run_protocol(protocol:str, model:nn.Module, a) -> dict[str, float]:
         tr, te, C = dense_data(a.data, "mask", a)
         r = dense.linear_segmentation(model, tr, te, C, size=a.size, steps=a.steps, lr=a.lr, seed=a.seed, progress=progress)
         return {"mIoU": r["mIoU"], "pixel_acc": r["pixel_acc"]}
+    if protocol == "depth" and getattr(a, "head", "linear") == "dpt":
+        tr, te, _ = dense_data(a.data, "depth", a)
+        r = dense.dpt_depth(model, tr, te, size=a.size, steps=a.steps, lr=a.lr, max_depth=getattr(te, "max_depth", 10.0),
+                            head_weights=a.head_weights, align=a.align != "none", seed=a.seed, progress=progress)
+        return {k: v for k, v in r.items() if k != "depther"}
     if protocol == "depth":
         tr, te, _ = dense_data(a.data, "depth", a)
         r = dense.linear_depth(model, tr, te, size=a.size, steps=a.steps, lr=a.lr, max_depth=getattr(te, "max_depth", 10.0),
@@ -208,6 +213,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=pos, default=3e-2, help="dense head learning rate (AdamW)")
     p.add_argument("--radius", type=n, default=3, help="tracking neighbourhood, patches")
     p.add_argument("--temperature", type=pos, default=0.1, help="tracking vote temperature")
+    p.add_argument("--head", choices=["linear", "dpt"], default="linear", help="depth: the linear probe (default) or a DPT head "
+                   "on four layers, trained for --steps unless --head-weights, scale-and-shift aligned per image (flip TTA)")
+    p.add_argument("--head-weights", metavar="FILE", help="depth --head dpt: evaluate this DPT head file (the released one, "
+                   "or one of `dinov3nb train-head`) instead of training one")
+    p.add_argument("--align", choices=["scale-shift", "none"], default="scale-shift", help="depth --head dpt: least-squares "
+                   "scale and shift per image before the metrics, as the official evaluation (default), or none")
     p.add_argument("--batch-size", type=n, default=64, help="images per forward pass")
     p.add_argument("--cache", help="folder caching extracted features")
     p.add_argument("--head", choices=["linear", "m2f"], default="linear", help="seg: train a linear head (default), or "
@@ -224,12 +235,15 @@ def _evaluate(a) -> int:
     writable_path(a.out, "--out", folder=True, overwrite=True)   # results are merged into results.json, never lost
     if a.cache: writable_path(a.cache, "--cache", folder=True, overwrite=True)
     read_results(a.out)                                          # refuse an unreadable results.json before the work
+    if a.head_weights and a.head != "dpt": raise UserError("--head-weights is a DPT head file: add --head dpt")
+    if a.head_weights and not Path(a.head_weights).is_file(): raise UserError(f"--head-weights {a.head_weights}: no such file")
     model = eval_model(a.model, a.weights, a.seed)
     records = []
     for protocol in (PROTOCOLS if a.protocol == "all" else [a.protocol]):
         t0 = time.perf_counter()
         metrics = run_protocol(protocol, model, a)
-        records.append({"protocol": protocol, "model": a.model or getattr(model, "preset", None) or "checkpoint",
+        name = "depth-dpt" if protocol == "depth" and a.head == "dpt" else protocol   # the two depth heads score differently
+        records.append({"protocol": name, "model": a.model or getattr(model, "preset", None) or "checkpoint",
                         "weights": a.weights or "random init", "data": a.data,
                         "metrics": {k: float(v) for k, v in metrics.items()}, "seconds": time.perf_counter() - t0,
                         "args": {k: v for k, v in vars(a).items()}})

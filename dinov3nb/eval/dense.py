@@ -20,8 +20,9 @@ from ..heads.linear_depth import LinearDepthHead, depth_metrics, silog_loss  # s
 
 # %% auto #0
 __all__ = ['dense_features', 'resize_target', 'extract_dense', 'LinearSegHead', 'segmentation_loss', 'sliding_window',
-           'predict_dense', 'linear_segmentation', 'linear_depth', 'patch_labels', 'foreground_segmentation',
-           'mutual_nearest_neighbours', 'matching_scores', 'view_pair', 'patch_matching', 'plot_dense_predictions']
+           'predict_dense', 'linear_segmentation', 'linear_depth', 'align_scale_shift', 'dpt_depth', 'patch_labels',
+           'foreground_segmentation', 'mutual_nearest_neighbours', 'matching_scores', 'view_pair', 'patch_matching',
+           'plot_dense_predictions']
 
 # %% ../../nbs/23_eval.dense.ipynb #1b58b1b1
 def dense_features(model:nn.Module, x:Tensor, n_layers:int=1) -> Tensor: # [B, n_layers D, h, w]
@@ -165,6 +166,82 @@ def linear_depth(
         pred = predict_dense(model, head, img, size, n_layers, window, stride, tuple(target.shape))[0, 0]
         scores.append(depth_metrics(pred, target, min_depth, max_depth))
     return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} | {"head": head}
+
+# %% ../../nbs/23_eval.dense.ipynb #9894f51a
+def align_scale_shift(
+    pred:Tensor, target:Tensor, # predicted and true depth, same shape
+    valid:Tensor, # bool, same shape: the pixels the fit uses
+) -> Tensor: # s * pred + t
+    "Fit scale and shift of `pred` to `target` on `valid` pixels by least squares; return the aligned prediction."
+    p, t = pred[valid].double(), target[valid].double()
+    if p.numel() < 2: return pred
+    A = torch.stack([p, torch.ones_like(p)], 1)                                        # [n, 2]
+    s, b = torch.linalg.lstsq(A, t[:, None]).solution[:, 0]
+    return (s * pred.double() + b).to(pred.dtype)
+
+# %% ../../nbs/23_eval.dense.ipynb #1cae5b67
+def _train_dpt(depther:nn.Module, train_set, size:int, steps:int, lr:float, batch_size:int, seed:int,
+               progress:bool) -> nn.Module:
+    "Train `depther`'s decoder on the frozen encoder's four layers of `train_set` at S x S (cached once), SILog loss."
+    from tqdm.auto import tqdm
+    enc, tfm = depther.encoder, BackboneTransform(depther.encoder.backbone, (size, size))
+    layers, targets = [], []
+    with torch.no_grad():                                                              # not inference mode: the decoder's backward reads them
+        for start in tqdm(range(0, len(train_set), batch_size), desc="DPT features", disable=not progress, leave=False):
+            items = [train_set[i] for i in range(start, min(start + batch_size, len(train_set)))]
+            layers.append(enc(enc.pad(torch.stack([tfm(img) for img, _ in items]))))  # 4 x ([b, D, h, w], [b, D])
+            targets.append(torch.stack([resize_target(t, (size, size)) for _, t in items]).float())
+    layers = [(torch.cat([l[j][0] for l in layers]), torch.cat([l[j][1] for l in layers])) for j in range(len(enc.layers))]
+    targets = torch.cat(targets)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(depther.decoder.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    depther.decoder.train()
+    with torch.enable_grad():
+        for _ in tqdm(range(steps), desc="DPT head", disable=not progress, leave=False):
+            idx = torch.randint(len(targets), (min(batch_size, len(targets)),), generator=g)
+            pred = depther.features_to_depth(depther.decoder([(p[idx], c[idx]) for p, c in layers]))
+            loss = silog_loss(pred, targets[idx])
+            opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+    return depther.eval()
+
+def dpt_depth(
+    model:nn.Module, # frozen ViT backbone
+    train_set, test_set, # (image, depth in metres, 0 = unknown) datasets; train_set is unused with `head_weights`
+    size:int=64, # training crops and the test images' shorter side
+    n_bins:int=256, min_depth:float=1e-3, max_depth:float=10.0, # bins of a trained head, and the evaluation range
+    steps:int=300, lr:float=1e-3, batch_size:int=32,
+    head_weights:str|None=None, # a DPT head file to evaluate as it is (widths read from it; bins: the released 0.001-100 m)
+    align:bool=True, # least-squares scale and shift per image (the official `align_least_squares`)
+    tta:bool=True, # horizontal-flip test-time augmentation (the official default)
+    seed:int=0, progress:bool=True,
+) -> dict: # rmse, abs_rel, delta1 (averaged over test images), and the "depther"
+    "Evaluate a DPT depth head on frozen `model` (trained here unless `head_weights`), aligned in scale and shift."
+    from dinov3nb.heads.depth import (DD_7B_CONFIG, DepthHeadConfig, build_depther, config_from_head_state, even_layers, flip_tta,
+                                      scaled_config)
+    from dinov3nb.heads.loading import load_state_strict, read_tensors
+    if not hasattr(model, "blocks"): raise ValueError("the DPT head reads four ViT layers: evaluate a ViT (not pixels or a ConvNeXt)")
+    torch.manual_seed(seed)
+    if head_weights:
+        sd = {k.removeprefix("decoder."): v for k, v in read_tensors(head_weights).items() if not k.startswith("encoder.")}
+        depther = build_depther(model, config_from_head_state(sd, DD_7B_CONFIG, len(model.blocks)))
+        load_state_strict(depther.decoder, sd, f"{head_weights} (a DPT head file)", "the DPT head")
+    else:
+        cfg = scaled_config(model, DepthHeadConfig(min_depth=min_depth, max_depth=max_depth, n_output_channels=n_bins,
+                                                   backbone_out_layers=even_layers(len(model.blocks))))  # as a head file reads back
+        depther = _train_dpt(build_depther(model, cfg), train_set, size, steps, lr, batch_size, seed, progress)
+    scores = []
+    with torch.inference_mode():
+        for i in range(len(test_set)):
+            img, target = test_set[i]
+            target = torch.as_tensor(np.asarray(target, dtype=np.float32))
+            x = _test_image(model, img, size)
+            pred = flip_tta(depther, x) if tta else depther(x)                            # [1, 1, h', w']
+            pred = F.interpolate(pred.float(), size=tuple(target.shape), mode="bilinear", align_corners=False)[0, 0]
+            valid = (target > min_depth) & (target <= max_depth)                    # the pixels `depth_metrics` scores
+            if align: pred = align_scale_shift(pred, target, valid)
+            scores.append(depth_metrics(pred.clamp(min_depth, max_depth), target, min_depth, max_depth))
+    return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} | {"depther": depther}
 
 # %% ../../nbs/23_eval.dense.ipynb #1a4d7049
 def patch_labels(mask:Tensor, grid:tuple[int, int], threshold:float=0.5) -> Tensor: # bool [B, h, w]

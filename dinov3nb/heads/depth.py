@@ -25,8 +25,8 @@ from .loading import RELEASED_HEADS, load_released
 # %% auto #0
 __all__ = ['PatchAdaptation', 'BinsStrategy', 'NormStrategy', 'DD_7B_CONFIG', 'CHMV2_CONFIG', 'CHMV2_NORMALIZATION',
            'adapt_to_patch_size', 'backbone_out_layers', 'DepthEncoder', 'depth_bins', 'FeaturesToDepth',
-           'DepthHeadConfig', 'Depther', 'build_depther', 'flip_tta', 'dinov3_vit7b16_dd', 'dinov3_vitl16_chmv2',
-           'predict_depth']
+           'DepthHeadConfig', 'Depther', 'build_depther', 'flip_tta', 'even_layers', 'layers_for', 'scaled_config',
+           'config_from_head_state', 'dinov3_vit7b16_dd', 'dinov3_vitl16_chmv2', 'predict_depth']
 
 # %% ../../nbs/41a_heads.depth.ipynb #42f82133
 PatchAdaptation = Literal["center_padding", "stretch", "never"]
@@ -120,7 +120,7 @@ class FeaturesToDepth(nn.Module):
         elif self.norm_strategy == "softmax": w = x.softmax(dim=1)
         else: w = torch.sigmoid(x)
         if self.norm_strategy != "softmax": w = w / w.sum(dim=1, keepdim=True)
-        return torch.einsum("bkhw,k->bhw", w, bins).unsqueeze(1)  # [B, 1, H, W]
+        return torch.einsum("bkhw,k->bhw", w, bins.to(w.dtype)).unsqueeze(1)  # [B, 1, H, W]; the cast keeps ONNX exports in one dtype
 
 # %% ../../nbs/41a_heads.depth.ipynb #1f3cf2a7
 @dataclass
@@ -206,6 +206,44 @@ def flip_tta(model:nn.Module, x:Tensor) -> Tensor:
     out = model(torch.cat([x, x.flip(-1)]))  # [2B, 1, H', W']
     return (out[:B] + out[B:].flip(-1)) / 2
 
+# %% ../../nbs/41a_heads.depth.ipynb #5f54d891
+def even_layers(n_blocks:int, n:int=4) -> list[int]:
+    "Return `n` block indices spread evenly over `n_blocks` blocks, the last block last."
+    return [max(0, math.ceil(n_blocks * (i + 1) / n) - 1) for i in range(n)]
+
+def layers_for(cfg:DepthHeadConfig, n_blocks:int) -> list[int]:
+    "The layers of `cfg` when they fit an `n_blocks`-block backbone, else `even_layers(n_blocks)`."
+    try: return backbone_out_layers(cfg.backbone_out_layers, n_blocks)
+    except ValueError: return even_layers(n_blocks)
+
+def scaled_config(backbone:nn.Module, base:DepthHeadConfig=DepthHeadConfig()) -> DepthHeadConfig:
+    "Fit `base` to `backbone`: its layers (`layers_for`) and decoder widths proportional to its width D."
+    D = backbone.embed_dim
+    channels = max(16, round(D / 6 / 8) * 8)
+    return replace(base, backbone_out_layers=layers_for(base, len(backbone.blocks)), channels=channels,
+                   post_process_channels=(max(8, D // 8), max(8, D // 4), max(8, D // 2), D),
+                   n_hidden_channels=min(base.n_hidden_channels, channels))
+
+def config_from_head_state(
+    sd:dict[str, Tensor], # a DPT head file's tensors (keys as saved, `decoder.` prefix allowed)
+    base:DepthHeadConfig, # bins, depth range and layers to start from (e.g. `DD_7B_CONFIG`)
+    n_blocks:int, # L of the backbone the head will sit on
+) -> DepthHeadConfig:
+    "Read a DPT head's widths and options from its tensor shapes; keep `base`'s bins and range."
+    sd = {k.removeprefix("decoder."): v for k, v in sd.items()}
+    try:
+        post = tuple(int(sd[f"reassemble_blocks.projects.{i}.conv.weight"].shape[0]) for i in range(4))
+        channels, n_out = int(sd["convs.0.conv.weight"].shape[0]), int(sd["conv_depth.head.4.weight"].shape[0])
+        n_hidden = int(sd["conv_depth.head.2.weight"].shape[0])
+    except KeyError as e:
+        raise ValueError(f"not a DPT depth head: no tensor {e.args[0]!r} (found {', '.join(list(sd)[:4])}, ...)") from None
+    project = "reassemble_blocks.readout_projects.0.0.weight" in sd
+    return replace(base, post_process_channels=post, channels=channels, n_output_channels=n_out, n_hidden_channels=n_hidden,
+                   use_batchnorm="reassemble_blocks.batchnorm_layers.0.weight" in sd,
+                   readout="project" if project else ("ignore" if base.readout == "project" else base.readout),
+                   use_bias="fusion_blocks.0.res_conv_unit2.conv1.conv.bias" in sd,
+                   projection_after_fusion="project.conv.weight" in sd, backbone_out_layers=layers_for(base, n_blocks))
+
 # %% ../../nbs/41a_heads.depth.ipynb #4d8506fb
 def _released_depther(name:str, cfg:DepthHeadConfig, weights, backbone_weights, device, dtype, backbone) -> Depther:
     spec = RELEASED_HEADS[name]
@@ -247,6 +285,7 @@ def predict_depth(
     size:int|None=768, # shorter side before the model (None: native size)
     normalization:str|Normalization="lvd", # "lvd" (ImageNet), "sat", "chmv2", or a `Normalization`
     flip:bool=False, # horizontal-flip TTA
+    square:bool=False, # resize to `size`×`size` (the README example) instead of the shorter side to `size`
 ):
     "Return the depth (or canopy height) map of `image` in metres, `[H, W]` numpy at the image's size."
     from torchvision.transforms import v2
@@ -255,7 +294,8 @@ def predict_depth(
     img = load_image(image)
     W, H = img.size
     x = v2.functional.to_dtype(v2.functional.to_image(img), torch.float32, scale=True)  # [3, H, W] in [0, 1]
-    if size is not None: x = v2.functional.resize(x, size, antialias=True)  # shorter side -> size, bilinear
+    if square and size is None: raise ValueError("square=True needs a size (the README uses 1024)")
+    if size is not None: x = v2.functional.resize(x, [size, size] if square else size, antialias=True)  # bilinear
     x = v2.functional.normalize(x, list(norm.mean), list(norm.std))
     p = next(model.parameters())
     x = x[None].to(device=p.device, dtype=p.dtype)  # [1, 3, h, w]
