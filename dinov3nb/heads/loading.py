@@ -32,6 +32,11 @@ class ReleasedHead:
     head_prefix:str # head keys in the assembled module (the head file has them without it)
     file:str # released head file, relative to https://dl.fbaipublicfiles.com/dinov3/
 
+    @property
+    def backbone_in_head(self) -> str:
+        "The backbone's prefix inside the head module where the head module holds it (the detector), else `''`."
+        return self.backbone_prefix[len(self.head_prefix):] if self.backbone_prefix.startswith(self.head_prefix) else ""
+
 RELEASED_HEADS = {h.name: h for h in [
     ReleasedHead("dinov3_vit7b16_lc", "dinov3_vit7b16", "backbone.", "linear_head.",
                  "dinov3_vit7b16/dinov3_vit7b16_imagenet1k_linear_head-90d8ed92.pth"),
@@ -39,6 +44,8 @@ RELEASED_HEADS = {h.name: h for h in [
                  "dinov3_vit7b16/dinov3_vit7b16_synthmix_dpt_head-02040be1.pth"),
     ReleasedHead("dinov3_vitl16_chmv2", "dinov3_vitl16_sat493m", "encoder.backbone.", "decoder.",
                  "chmv2/dinov3_vitl16_chmv2_dpt_head-3703d643.pth"),
+    ReleasedHead("dinov3_vit7b16_de", "dinov3_vit7b16", "detector.backbone.0._backbone.backbone.", "detector.",
+                 "dinov3_vit7b16/dinov3_vit7b16_coco2017_detr_head-b0235ff7.pth"),
 ]}
 
 # %% ../../nbs/40_heads.ipynb #266c8927
@@ -65,9 +72,10 @@ def load_state_strict(
     sd:dict[str, Tensor], # state dict, keys relative to `module`
     source:str, # what `sd` is, for the message (e.g. the file name)
     what:str="this module", # what `module` is, for the message
+    skip:str="", # module keys under this prefix come from another file: neither required nor loaded
 ) -> nn.Module:
     "Load `sd` into `module` strictly, or raise `CheckpointMismatchError` naming every key that differs."
-    own = module.state_dict()
+    own = {k: v for k, v in module.state_dict().items() if not (skip and k.startswith(skip))}
     missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
     shapes = [f"{k} (file {list(sd[k].shape)}, model {list(own[k].shape)})" for k in own
               if k in sd and sd[k].shape != own[k].shape]
@@ -79,7 +87,7 @@ def load_state_strict(
         raise CheckpointMismatchError(f"{source} does not fit {what}: {'; '.join(parts)}.{hint}")
     if any(t.is_meta for t in own.values()):
         raise ValueError(f"cannot load {source} into a module on the meta device: build it with device='cpu' (or cuda)")
-    module.load_state_dict(sd, strict=True)
+    module.load_state_dict(sd, strict=not skip)  # with `skip`, every other key was checked above
     return module
 
 # %% ../../nbs/40_heads.ipynb #271f956b
@@ -101,7 +109,7 @@ def load_released(
                                  f"{head.backbone_prefix!r}); do not also pass backbone_weights={str(backbone_weights)!r}")
             return load_state_strict(model, sd, f"{weights} (a combined {head.name} state dict)", f"the {head.name} model")
         load_state_strict(model.get_submodule(head.head_prefix.rstrip(".")), sd, f"{weights} (a head file)",
-                          f"the {head.name} head")
+                          f"the {head.name} head", skip=head.backbone_in_head)
     if backbone_weights is not None:
         load_weights_into(model.get_submodule(head.backbone_prefix.rstrip(".")), backbone_weights)
     return model
@@ -113,6 +121,10 @@ def official_key_diffs(
     entry:dict, # its entry of `official_head_keys.json`
 ) -> list[str]:
     "List every difference between `model`'s keys and shapes and the official head file and assembled module."
-    head_module = model.get_submodule(head.head_prefix.rstrip("."))
-    return ([f"head file: {p}" for p in compare_with_key_list(head_module, entry["head_checkpoint"]["keys"])] +
+    head_module, skip = model.get_submodule(head.head_prefix.rstrip(".")), head.backbone_in_head
+    got = {k: list(v.shape) for k, v in head_module.state_dict().items() if not (skip and k.startswith(skip))}
+    expected = entry["head_checkpoint"]["keys"]
+    file_diffs = ([f"missing {k}" for k in expected if k not in got] + [f"unexpected {k}" for k in got if k not in expected]
+                  + [f"{k}: shape {got[k]} != {expected[k]}" for k in expected if k in got and got[k] != list(expected[k])])
+    return ([f"head file: {p}" for p in file_diffs] +
             [f"assembled: {p}" for p in compare_with_key_list(model, entry["full_state_dict"]["keys"])])
