@@ -378,6 +378,7 @@ OWN_PARSERS = {  # command -> (module, function taking the remaining arguments a
     "eval": ("dinov3nb.eval.cli", "eval_main", "evaluate a frozen backbone: knn, linear, logreg, seg, depth, fg, match, track or all"),
     "train": ("dinov3nb.train.run", "train_main", "self-supervised training: --config PRESET_OR_YAML key=value ... [--resume]"),
     "submit": ("dinov3nb.train.submit", "submit_main", "run `dinov3nb train` as a SLURM job (or --local) through submitit"),
+    "detect": ("dinov3nb.heads.detect_cli", "detect_main", "detect COCO objects with the released Plain-DETR: pictures with boxes and COCO results JSON"),
 }
 
 def main(argv:list[str]|None=None) -> int:
