@@ -14,4 +14,5 @@ from .deploy.runtime import make_runtime, TorchRuntime
 from .heads.classifier import dinov3_vit7b16_lc
 from .heads.depth import dinov3_vit7b16_dd, dinov3_vitl16_chmv2
 from .heads.dinotxt import dinov3_vitl16_dinotxt_tet1280d20h24l
+from .heads.detector import dinov3_vit7b16_de
 from .heads.segmentor import dinov3_vit7b16_ms

@@ -384,6 +384,7 @@ OWN_PARSERS = {  # command -> (module, function taking the remaining arguments a
     "depth": ("dinov3nb.heads.cli", "depth_main", "depth in metres (DPT) or canopy height (CHMv2): colour map + JSON"),
     "zeroshot": ("dinov3nb.heads.cli", "zeroshot_main", "zero-shot classification into any labels (dino.txt): picture + JSON"),
     "zeroshot-seg": ("dinov3nb.heads.cli", "zeroshot_seg_main", "open-vocabulary segmentation (dino.txt): overlay + JSON"),
+    "detect": ("dinov3nb.heads.detect_cli", "detect_main", "detect COCO objects with the released Plain-DETR: pictures with boxes and COCO results JSON"),
 }
 
 def main(argv:list[str]|None=None) -> int:

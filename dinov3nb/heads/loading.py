@@ -34,6 +34,11 @@ class ReleasedHead:
                     # head file keeps the full names of everything but the backbone (the segmentor)
     file:str # released head file, relative to https://dl.fbaipublicfiles.com/dinov3/
 
+    @property
+    def backbone_in_head(self) -> str:
+        "The backbone's prefix inside the head module where the head module holds it (the detector), else `''`."
+        return self.backbone_prefix[len(self.head_prefix):] if self.backbone_prefix.startswith(self.head_prefix) else ""
+
 RELEASED_HEADS = {h.name: h for h in [
     ReleasedHead("dinov3_vit7b16_lc", "dinov3_vit7b16", "backbone.", "linear_head.",
                  "dinov3_vit7b16/dinov3_vit7b16_imagenet1k_linear_head-90d8ed92.pth"),
@@ -43,6 +48,8 @@ RELEASED_HEADS = {h.name: h for h in [
                  "chmv2/dinov3_vitl16_chmv2_dpt_head-3703d643.pth"),
     ReleasedHead("dinov3_vit7b16_ms", "dinov3_vit7b16", "segmentation_model.0.backbone.", "",
                  "dinov3_vit7b16/dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth"),
+    ReleasedHead("dinov3_vit7b16_de", "dinov3_vit7b16", "detector.backbone.0._backbone.backbone.", "detector.",
+                 "dinov3_vit7b16/dinov3_vit7b16_coco2017_detr_head-b0235ff7.pth"),
 ]}
 
 # %% ../../nbs/40_heads.ipynb #b1c0a7e3
@@ -90,9 +97,10 @@ def load_state_strict(
     sd:dict[str, Tensor], # state dict, keys relative to `module`
     source:str, # what `sd` is, for the message (e.g. the file name)
     what:str="this module", # what `module` is, for the message
+    skip:str="", # module keys under this prefix come from another file: neither required nor loaded
 ) -> nn.Module:
     "Load `sd` into `module` strictly, or raise `CheckpointMismatchError` naming every key that differs."
-    own = module.state_dict()
+    own = {k: v for k, v in module.state_dict().items() if not (skip and k.startswith(skip))}
     missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
     shapes = [f"{k} (file {list(sd[k].shape)}, model {list(own[k].shape)})" for k in own
               if k in sd and sd[k].shape != own[k].shape]
@@ -104,7 +112,7 @@ def load_state_strict(
         raise CheckpointMismatchError(f"{source} does not fit {what}: {'; '.join(parts)}.{hint}")
     if any(t.is_meta for t in own.values()):
         raise ValueError(f"cannot load {source} into a module on the meta device: build it with device='cpu' (or cuda)")
-    module.load_state_dict(sd, strict=True)
+    module.load_state_dict(sd, strict=not skip)  # with `skip`, every other key was checked above
     return module
 
 # %% ../../nbs/40_heads.ipynb #271f956b
@@ -126,7 +134,7 @@ def load_released(
                                  f"{head.backbone_prefix!r}); do not also pass backbone_weights={str(backbone_weights)!r}")
             return load_state_strict(model, sd, f"{weights} (a combined {head.name} state dict)", f"the {head.name} model")
         load_state_strict(head_module(model, head), sd, f"{weights} (a head file)",
-                          f"the {head.name} head")
+                          f"the {head.name} head", skip=head.backbone_in_head)
     if backbone_weights is not None:
         load_weights_into(model.get_submodule(head.backbone_prefix.rstrip(".")), backbone_weights)
     return model
@@ -138,5 +146,10 @@ def official_key_diffs(
     entry:dict, # its entry of `official_head_keys.json`
 ) -> list[str]:
     "List every difference between `model`'s keys and shapes and the official head file and assembled module."
-    return ([f"head file: {p}" for p in compare_with_key_list(head_module(model, head), entry["head_checkpoint"]["keys"])] +
+    part, skip = head_module(model, head), head.backbone_in_head
+    got = {k: list(v.shape) for k, v in part.state_dict().items() if not (skip and k.startswith(skip))}
+    expected = entry["head_checkpoint"]["keys"]
+    file_diffs = ([f"missing {k}" for k in expected if k not in got] + [f"unexpected {k}" for k in got if k not in expected]
+                  + [f"{k}: shape {got[k]} != {expected[k]}" for k in expected if k in got and got[k] != list(expected[k])])
+    return ([f"head file: {p}" for p in file_diffs] +
             [f"assembled: {p}" for p in compare_with_key_list(model, entry["full_state_dict"]["keys"])])
