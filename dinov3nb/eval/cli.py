@@ -1,4 +1,4 @@
-"""`dinov3nb eval knn|linear|logreg|seg|depth|fg|match|track|all`: every protocol on a backbone and a dataset folder or ShapesWorld, with results files and a printed table; and the ShapesWorld results table.
+"""`dinov3nb eval knn|linear|logreg|seg|depth|fg|match|track|det|all`: every protocol on a backbone and a dataset folder or ShapesWorld, with results files and a printed table; and the ShapesWorld results table.
 
 Docs: https://dinov3nb.github.io/dinov3nb/eval.cli.html.md"""
 
@@ -22,11 +22,12 @@ from torch import nn
 from ..errors import CheckFailed, UserError, at_least, int_list, pop_debug, run_command, writable_path
 
 # %% auto #0
-__all__ = ['PROTOCOLS', 'CSV_FIELDS', 'eval_model', 'classification_data', 'dense_data', 'video_data', 'run_protocol',
-           'read_results', 'write_results', 'results_table', 'eval_main']
+__all__ = ['PROTOCOLS', 'HEAD_PROTOCOLS', 'CSV_FIELDS', 'eval_model', 'classification_data', 'dense_data', 'video_data',
+           'run_protocol', 'read_results', 'write_results', 'results_table', 'eval_main']
 
 # %% ../../nbs/25_eval.cli.ipynb #49141c10
-PROTOCOLS = ("knn", "linear", "logreg", "seg", "depth", "fg", "match", "track")
+PROTOCOLS = ("knn", "linear", "logreg", "seg", "depth", "fg", "match", "track")  # what `all` runs
+HEAD_PROTOCOLS = ("det",)  # a detection head on a COCO-layout folder: only when asked for
 
 def eval_model(name:str|None, weights:str|None=None, seed:int=0) -> nn.Module:
     "Build the backbone to evaluate: a preset, `pixels`, `vit_tiny`, or whatever checkpoint `weights` holds."
@@ -133,10 +134,15 @@ def run_protocol(protocol:str, model:nn.Module, a) -> dict[str, float]:
         world = ShapesWorld(a.n_test, size=a.size, seed=a.seed, split="test")
         crop = (a.size - p) // p * p
         return dense.patch_matching(model, [world.sample(i).image for i in range(a.n_test)], crop=crop, shift=(p, p))
+    if protocol == "det":  # the Plain-DETR head (released or untrained) on a COCO-layout folder, pycocotools mAP
+        from dinov3nb.eval.detection import coco_layout, detr_detector, evaluate_detector
+        ann, img = coco_layout(None if a.data == "shapesworld" else a.data, a.annotations, a.images)
+        return evaluate_detector(detr_detector(model, a.head_weights, a.seed), ann, img, max_images=a.max_images,
+                                 max_size=a.max_size, score_threshold=a.score_threshold, nms_iou=a.nms_iou, progress=progress)
     if protocol == "track":
         return track.video_segmentation(model, video_data(a.data, a), progress=progress, radius=a.radius, topk=5,
                                         temperature=a.temperature)
-    raise ValueError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)} or all")
+    raise ValueError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS + HEAD_PROTOCOLS)} or all")
 
 # %% ../../nbs/25_eval.cli.ipynb #8e38aa2f
 CSV_FIELDS = ("protocol", "model", "weights", "data", "metric", "value")
@@ -189,14 +195,36 @@ def _feature_kind(s:str) -> str:
     except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
     return s
 
+def _unit(s:str) -> float:
+    v = at_least(0.0, float)(s)
+    if v > 1: raise argparse.ArgumentTypeError(f"{s} is too large: use a number in [0, 1]")
+    return v
+
+def _check_heads(a) -> None:
+    "Refuse a --head or --head-weights the protocol does not use, and a det run without a COCO folder, before any work."
+    if a.head_weights and a.head == "linear" and a.protocol != "det":
+        raise UserError("--head-weights is a head file: add --head dpt (depth), --head m2f (seg), or evaluate it with det")
+    if a.head != "linear" and a.protocol not in ("all", {"dpt": "depth", "m2f": "seg"}[a.head]):
+        raise UserError(f"--head {a.head} is a head for {'depth' if a.head == 'dpt' else 'seg'}, not {a.protocol}: drop it")
+    if a.head_weights and not Path(a.head_weights).is_file(): raise UserError(f"--head-weights {a.head_weights}: no such file")
+    det_only = [f"--{k.replace('_', '-')}" for k in ("annotations", "images", "max_images", "max_size", "score_threshold",
+                                                     "nms_iou") if getattr(a, k) is not None]
+    if det_only and a.protocol != "det": raise UserError(f"{', '.join(det_only)}: for det only; drop it or evaluate det")
+    if a.protocol == "det":
+        from dinov3nb.eval.detection import _pycocotools, coco_layout
+        _pycocotools()
+        coco_layout(None if a.data == "shapesworld" else a.data, a.annotations, a.images)
+
 def _parser() -> argparse.ArgumentParser:
     n, pos = at_least(1), at_least(0.0, float, above=True)
     p = argparse.ArgumentParser(prog="dinov3nb eval", description="Evaluate a frozen backbone with a standard protocol.",
                                 epilog="Exit codes: 0 done, 1 done but the results went to results-N.json (results.json "
                                 "was unreadable), 2 bad input (the message says what to fix), 70 a bug, 130 Ctrl-C.")
-    p.add_argument("protocol", choices=[*PROTOCOLS, "all"], help="what to measure")
+    p.add_argument("protocol", choices=[*PROTOCOLS, *HEAD_PROTOCOLS, "all"], help="what to measure (all: every one "
+                   "but det)")
     p.add_argument("--model", help="preset name, 'pixels' or 'vit_tiny' (default: the checkpoint's own architecture)")
-    p.add_argument("--weights", help="checkpoint (Meta .pth, training checkpoint, HF dir, timm, safetensors)")
+    p.add_argument("--weights", "--backbone-weights", dest="weights", help="backbone checkpoint (Meta .pth, training "
+                   "checkpoint, HF dir, timm, safetensors); --backbone-weights is the same option")
     p.add_argument("--data", default="shapesworld", help="dataset folder in the protocol's layout, or 'shapesworld'")
     p.add_argument("--out", default="eval_results", help="folder for results.json / results.csv")
     p.add_argument("--size", type=n, default=64, help="image side (ShapesWorld) / shorter side fed to the model")
@@ -213,18 +241,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=pos, default=3e-2, help="dense head learning rate (AdamW)")
     p.add_argument("--radius", type=n, default=3, help="tracking neighbourhood, patches")
     p.add_argument("--temperature", type=pos, default=0.1, help="tracking vote temperature")
-    p.add_argument("--head", choices=["linear", "dpt"], default="linear", help="depth: the linear probe (default) or a DPT head "
-                   "on four layers, trained for --steps unless --head-weights, scale-and-shift aligned per image (flip TTA)")
-    p.add_argument("--head-weights", metavar="FILE", help="depth --head dpt: evaluate this DPT head file (the released one, "
-                   "or one of `dinov3nb train-head`) instead of training one")
+    p.add_argument("--head", choices=["linear", "dpt", "m2f"], default="linear", help="depth: the linear probe (default) "
+                   "or dpt, a DPT head on four layers, trained for --steps unless --head-weights, scale-and-shift aligned per "
+                   "image (flip TTA); seg: a trained linear head (default) or m2f, the ViT-Adapter + Mask2Former segmentor")
+    p.add_argument("--head-weights", metavar="FILE", help="a head file to evaluate: depth --head dpt: a DPT head (the "
+                   "released one, or one of `dinov3nb train-head`) instead of training one; seg --head m2f: the released "
+                   "dinov3_vit7b16_ms head (none: untrained); det: the released dinov3_vit7b16_de head (none: an untrained tiny head)")
     p.add_argument("--align", choices=["scale-shift", "none"], default="scale-shift", help="depth --head dpt: least-squares "
                    "scale and shift per image before the metrics, as the official evaluation (default), or none")
     p.add_argument("--batch-size", type=n, default=64, help="images per forward pass")
     p.add_argument("--cache", help="folder caching extracted features")
-    p.add_argument("--head", choices=["linear", "m2f"], default="linear", help="seg: train a linear head (default), or "
-                   "evaluate the ViT-Adapter + Mask2Former segmentor (--head-weights: the released head file; none: untrained)")
-    p.add_argument("--head-weights", help="seg --head m2f: the released dinov3_vit7b16_ms head file (with --model dinov3_vit7b16)")
     p.add_argument("--flip", action="store_true", help="seg --head m2f: flip test-time augmentation")
+    p.add_argument("--annotations", metavar="FILE", help="det: the COCO instances file (default: --data's "
+                   "annotations/instances_val2017.json)")
+    p.add_argument("--images", metavar="DIR", help="det: the folder of its images (default: --data's val2017/)")
+    p.add_argument("--max-images", type=n, metavar="N", help="det: evaluate the first N images by id (default: all)")
+    p.add_argument("--max-size", type=at_least(48), metavar="PX", help="det: cap the longer image side (default: native size)")
+    p.add_argument("--score-threshold", type=_unit, metavar="S", help="det: drop detections below S (default: keep all, as released)")
+    p.add_argument("--nms-iou", type=_unit, metavar="IOU", help="det: class-wise NMS at this IoU (default: none, as released)")
     p.add_argument("--seed", type=int, default=0, help="seed of data splits, random init and heads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="on an error, also print the traceback")
@@ -235,8 +269,7 @@ def _evaluate(a) -> int:
     writable_path(a.out, "--out", folder=True, overwrite=True)   # results are merged into results.json, never lost
     if a.cache: writable_path(a.cache, "--cache", folder=True, overwrite=True)
     read_results(a.out)                                          # refuse an unreadable results.json before the work
-    if a.head_weights and a.head != "dpt": raise UserError("--head-weights is a DPT head file: add --head dpt")
-    if a.head_weights and not Path(a.head_weights).is_file(): raise UserError(f"--head-weights {a.head_weights}: no such file")
+    _check_heads(a)
     model = eval_model(a.model, a.weights, a.seed)
     records = []
     for protocol in (PROTOCOLS if a.protocol == "all" else [a.protocol]):
@@ -244,7 +277,8 @@ def _evaluate(a) -> int:
         metrics = run_protocol(protocol, model, a)
         name = "depth-dpt" if protocol == "depth" and a.head == "dpt" else protocol   # the two depth heads score differently
         records.append({"protocol": name, "model": a.model or getattr(model, "preset", None) or "checkpoint",
-                        "weights": a.weights or "random init", "data": a.data,
+                        "weights": a.weights or "random init",
+                        "data": a.annotations if protocol == "det" and a.annotations else a.data,
                         "metrics": {k: float(v) for k, v in metrics.items()}, "seconds": time.perf_counter() - t0,
                         "args": {k: v for k, v in vars(a).items()}})
     js, cs = write_results(records, a.out)
