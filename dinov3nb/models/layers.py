@@ -88,8 +88,13 @@ class RopePositionEmbedding(nn.Module):
 
     def reset_parameters(self):
         "Recompute `periods` from the hyper-parameters."
+        self._cache.clear()
         self.periods.copy_(rope_periods(self.head_dim, self.base, self.min_period, self.max_period,
                                         self.dtype, self.periods.device))
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache.clear()  # `periods` is copied in place: an inference tensor's copy bumps no version
+        super()._load_from_state_dict(*args, **kwargs)
 
     @property
     def augments(self) -> bool: return self.training and any(
@@ -117,10 +122,12 @@ class RopePositionEmbedding(nn.Module):
 
     def forward(self, *, H:int, W:int) -> tuple[Tensor, Tensor]:
         if self.augments or self.periods.is_meta or _is_tracing(): return self._tables(H, W)
-        key = (H, W, self.periods.device, self.periods.data_ptr(), self.periods._version)
+        p = self.periods  # built in `torch.inference_mode()` it is an inference tensor, without a version counter
+        key = (H, W, p.device, p.data_ptr(), None if p.is_inference() else p._version)
         if key not in self._cache:
             if len(self._cache) > 32: self._cache.clear()
-            self._cache[key] = self._tables(H, W)
+            with torch.inference_mode(False):  # normal tensors, usable inside and outside inference mode
+                self._cache[key] = self._tables(H, W)
         return self._cache[key]
 
 # %% ../../nbs/00_models.ipynb #1c33b04b
