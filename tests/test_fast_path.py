@@ -104,3 +104,14 @@ def test_cached_and_missing_openvino_names_the_extra(setting, monkeypatch, capsy
     rt = accelerate(setting["vit"], folder=setting["folder"])
     assert (rt.choice.backend, rt.choice.precision) == ("onnxruntime", "fp32")
     assert "OpenVINO is not installed" in capsys.readouterr().out
+
+
+def test_kmeans_video_with_backend_auto(tmp_path, monkeypatch, synthetic_video, capsys):
+    from dinov3nb.cli import main
+    monkeypatch.setenv("DINOV3NB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DINOV3NB_WEIGHTS", raising=False)
+    out = tmp_path / "seg.avi"
+    assert main(["kmeans", "--video", str(synthetic_video), "-k", "3", "--size", "32", "--frames", "2", "--backend", "auto",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"dinov3nb.accelerate: {choose(cpu_isa())}" in text and "2 frames" in text and out.is_file()
