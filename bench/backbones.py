@@ -1,14 +1,15 @@
 """Speed and memory of dinov3nb backbones against Hugging Face transformers and timm, side by side.
 
-Rows: dinov3nb in eager PyTorch, dinov3nb through its fast CPU path (`dinov3nb.deploy.export.accelerate`:
-ONNX export + ONNX Runtime), Hugging Face and timm in eager PyTorch, and timm exported to ONNX Runtime
-with the same session settings (what a timm user could do by hand).
+Rows: dinov3nb in eager PyTorch, dinov3nb through its fast CPU path (`dinov3nb.accelerate`) at every backend x
+precision this CPU runs (ONNX Runtime fp32 / int8, OpenVINO fp32 / int8 / bf16 where the CPU has AMX or
+AVX512-BF16), Hugging Face and timm in eager PyTorch, and timm exported to ONNX Runtime with the same session
+settings (what a timm user could do by hand). The CPU model and ISA flags are printed above the table.
 
     python bench/backbones.py            # full run (a few minutes on 2 cores)
     python bench/backbones.py --quick    # fewer repeats, a smoke test
     python bench/backbones.py --settings vits16-224-b1 convnext_t-224-b1
 
-Same process, 2 threads, fp32, `torch.inference_mode()`, random weights, identical architectures.
+Same process, 2 threads, fp32 inputs, `torch.inference_mode()`, random weights, identical architectures.
 Candidates run round-robin (one forward of each in turn, after a warm-up) so that drifts in machine
 speed hit all of them alike; the table reports medians. Peak memory is the growth of the process's peak
 resident set of a fresh process that imports the library, builds the model and runs one forward
@@ -42,19 +43,33 @@ def ours(arch:str):
 
 
 ONNX_DIR = Path(tempfile.gettempdir()) / "dinov3nb-bench-onnx"
+NAMES = {"vits16": "dinov3_vits16", "vitb16": "dinov3_vitb16", "convnext_t": "dinov3_convnext_tiny"}
 
 
-def ours_onnxruntime(arch:str):
-    "dinov3nb's fast CPU path: the same model exported once to ONNX and run by ONNX Runtime."
-    from dinov3nb.deploy.export import OnnxRuntimeBackbone, accelerate
-    from dinov3nb.models.backbones import build
-    path = ONNX_DIR / f"{arch}.onnx"
-    if not path.exists():  # export once (not timed); the memory child reuses the file
-        torch.manual_seed(0)
-        name = {"vits16": "dinov3_vits16", "vitb16": "dinov3_vitb16", "convnext_t": "dinov3_convnext_tiny"}[arch]
-        accelerate(build(name).eval(), folder=ONNX_DIR).path.rename(path)
-    m = OnnxRuntimeBackbone(path, threads=torch.get_num_threads())
-    return lambda x: m.forward_features(x)["x_norm_patchtokens"]
+def cpu_header() -> str:
+    "The CPU model, its ISA flags and what `accelerate()` picks on it: printed above the tables."
+    from dinov3nb.deploy.fast import choose, cpu_isa
+    isa = cpu_isa()
+    return f"CPU: {isa.model}; ISA: {' '.join(isa.flags) or 'no AVX2'}; accelerate() picks {choose(isa)}"
+
+
+def fast_combos() -> list[tuple[str, str]]:
+    "Every (backend, precision) this host can run: ONNX Runtime fp32/int8, OpenVINO fp32/int8 and bf16 where the CPU has it."
+    from dinov3nb.deploy.fast import cpu_isa, has_openvino
+    out = [("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+    if has_openvino(): out += [("openvino", "fp32"), ("openvino", "int8")] + ([("openvino", "bf16")] if cpu_isa().bf16 else [])
+    return out
+
+
+def ours_fast(backend:str, precision:str):
+    "dinov3nb's CPU fast path (`dinov3nb.accelerate`) at one backend and precision; export and quantisation are cached."
+    def make(arch:str):
+        from dinov3nb.deploy.fast import accelerate
+        from dinov3nb.models.backbones import build
+        torch.manual_seed(0)  # same weights in the memory child: the cached files are reused, not rebuilt
+        m = accelerate(build(NAMES[arch]).eval(), precision, backend, folder=ONNX_DIR, verbose=False)
+        return lambda x: m.forward_features(x)["x_norm_patchtokens"]
+    return make
 
 
 def timm_onnxruntime(arch:str):
@@ -100,7 +115,7 @@ def timm_model(arch:str):
     return lambda x: m.forward_features(x)
 
 
-CANDIDATES = {"dinov3nb": ours, "dinov3nb-onnxruntime": ours_onnxruntime,  # ours first
+CANDIDATES = {"dinov3nb": ours, **{f"dinov3nb-{b}-{p}": ours_fast(b, p) for b, p in fast_combos()},  # ours first
               "huggingface": huggingface, "timm": timm_model, "timm-onnxruntime": timm_onnxruntime}
 
 
@@ -122,7 +137,7 @@ def _memory_child(impl:str, setting:str) -> None:
     print(int(hwm.split()[1]) / 1024)
 
 
-def run_setting(name:str, repeats:int, warmup:int) -> list[dict]:
+def run_setting(name:str, repeats:int, warmup:int, memory:bool=True) -> list[dict]:
     arch, side, batch = SETTINGS[name]
     x = torch.randn(batch, 3, side, side)
     cands = {k: f(arch) for k, f in CANDIDATES.items()}
@@ -137,7 +152,7 @@ def run_setting(name:str, repeats:int, warmup:int) -> list[dict]:
     rows = []
     for k in cands:
         ms = statistics.median(times[k]) * 1000
-        rows.append(dict(setting=name, impl=k, ms=ms, ips=batch / ms * 1000, mem=peak_rss_mb(k, name)))
+        rows.append(dict(setting=name, impl=k, ms=ms, ips=batch / ms * 1000, mem=peak_rss_mb(k, name) if memory else float("nan")))
     return rows
 
 
@@ -146,26 +161,32 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="2 repeats, 1 warm-up")
     p.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory column (one fresh process per row)")
     p.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._memory: return _memory_child(*a._memory)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     repeats, warmup = (2, 1) if a.quick else (7, 2)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, median of {repeats} round-robin runs\n")
+    from dinov3nb.deploy.fast import choose, cpu_isa
+    auto = choose(cpu_isa())
+    print(cpu_header())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 inputs, median of {repeats} round-robin runs\n")
     print("| setting | impl | ms | img/s | peak RSS (MB) | ours / best other |")
     print("|---|---|---:|---:|---:|---:|")
     for s in a.settings:
-        rows = run_setting(s, repeats, warmup)
+        rows = run_setting(s, repeats, warmup, memory=not a.no_memory)
         best_eager = max(r["ips"] for r in rows if r["impl"] in ("huggingface", "timm"))
         best_any = max(r["ips"] for r in rows if not r["impl"].startswith("dinov3nb"))
         for r in rows:
-            ratio = ""
+            ratio, impl = "", r["impl"] + (" (auto)" if r["impl"] == f"dinov3nb-{auto.backend}-{auto.precision}" else "")
             if r["impl"] == "dinov3nb": ratio = f"{r['ips'] / best_eager:.2f}x"
-            if r["impl"] == "dinov3nb-onnxruntime": ratio = f"{r['ips'] / best_eager:.2f}x / {r['ips'] / best_any:.2f}x"
-            print(f"| {r['setting']} | {r['impl']} | {r['ms']:.1f} | {r['ips']:.2f} | {r['mem']:.0f} | {ratio} |", flush=True)
-    print("\nratio: dinov3nb rows against the best eager alternative (Hugging Face, timm); the ONNX Runtime row also "
-          "against the best alternative of all, timm exported to ONNX Runtime included. Export time is not timed.")
+            elif r["impl"].startswith("dinov3nb-"): ratio = f"{r['ips'] / best_eager:.2f}x / {r['ips'] / best_any:.2f}x"
+            print(f"| {r['setting']} | {impl} | {r['ms']:.1f} | {r['ips']:.2f} | {r['mem']:.0f} | {ratio} |", flush=True)
+    print("\nratio: dinov3nb rows against the best eager alternative (Hugging Face, timm); the fast-path rows "
+          "(dinov3nb-<backend>-<precision>, `dinov3nb.accelerate`) also against the best alternative of all, timm exported "
+          "to ONNX Runtime included; (auto) marks what accelerate() picks on this CPU. Export, quantisation and "
+          "compilation are not timed.")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ The tutorial loop, per frame: a PIL image and a torchvision transform built anew
 scikit-learn `KMeans(n_clusters=3, n_init=1, max_iter=50)` from scratch, `cv2.applyColorMap` of the
 label grid, a resize and `cv2.addWeighted`. Ours: `dinov3nb.jetson.camera.SegmentationPipeline` (OpenCV
 resize and a precomputed multiply-add, torch KMeans warm-started with Hungarian id matching, one
-`addWeighted`), in eager torch and, with the `onnx` extra, on ONNX Runtime (`dinov3nb.accelerate`).
+`addWeighted`), in eager torch and, with the `onnx` extra, on the CPU fast path (`dinov3nb.accelerate`) at every
+backend x precision this CPU runs (ONNX Runtime fp32 / int8, OpenVINO fp32 / int8 / bf16 on AMX or AVX512-BF16;
+`--fast` picks some). The CPU model and ISA flags are printed first.
 Same random-weight backbone, same square synthetic frames (so both run at 224x224),
 2 threads, fp32, frames interleaved (one of each in turn). Reported: mean ms per stage, overall FPS,
 ratios, and flicker: the mean fraction of patches whose colour changes between consecutive frames of
@@ -63,7 +65,15 @@ def ort_available() -> bool:
     except ImportError: return False
 
 
-def measure(model_name:str, frames:int, motion:str) -> dict:
+def fast_combos(which:list[str]|None=None) -> list[tuple[str, str]]:
+    "(backend, precision) pairs this host runs (see bench/backbones.py), or those named `backend-precision` in `which`."
+    from dinov3nb.deploy.fast import cpu_isa, has_openvino
+    out = [("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+    if has_openvino(): out += [("openvino", "fp32"), ("openvino", "int8")] + ([("openvino", "bf16")] if cpu_isa().bf16 else [])
+    return [c for c in out if which is None or f"{c[0]}-{c[1]}" in which]
+
+
+def measure(model_name:str, frames:int, motion:str, combos:list[tuple[str, str]]) -> dict:
     "Run both loops interleaved on the same frames; return ms per stage, FPS and flicker of each."
     from dinov3nb.models.backbones import build
     from dinov3nb.jetson.camera import SegmentationPipeline, SyntheticSource, changed_fraction
@@ -71,9 +81,10 @@ def measure(model_name:str, frames:int, motion:str) -> dict:
     torch.manual_seed(0)
     model = build(model_name).eval()
     loops = {"tutorial": Tutorial(model), "dinov3nb": SegmentationPipeline(TorchRuntime(model), k=3, size=224)}
-    if ort_available():  # the same pipeline on dinov3nb's fast CPU runtime
-        from dinov3nb.deploy.export import accelerate
-        loops["dinov3nb-ort"] = SegmentationPipeline(accelerate(model), k=3, size=224)
+    if ort_available():  # the same pipeline on dinov3nb's fast CPU path, at every backend x precision this CPU runs
+        from dinov3nb.deploy.fast import accelerate
+        for b, p in combos:
+            loops[f"{b[:3]}-{p}"] = SegmentationPipeline(accelerate(model, p, b, verbose=False), k=3, size=224)
     for frame in SyntheticSource(3, size=(240, 240)):                                   # warm-up
         for loop in loops.values(): loop.step(frame)
     for n in loops:
@@ -96,19 +107,24 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=40, help="frames per measurement (default 40)")
     p.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads (default 2)")
     p.add_argument("--quick", action="store_true", help="ViT-S/16 only, 6 frames: a smoke test")
+    p.add_argument("--fast", nargs="+", metavar="BACKEND-PRECISION", help="fast-path columns to run, e.g. openvino-bf16 "
+                   "onnxruntime-int8 (default: every one this CPU runs)")
     args = p.parse_args(argv)
     if args.quick: args.models, args.frames = ["vits16"], 6
     import cv2
     from threadpoolctl import threadpool_limits
+    from dinov3nb.deploy.fast import choose, cpu_isa
+    isa, combos = cpu_isa(), fast_combos(args.fast) if ort_available() else []
+    print(f"CPU: {isa.model}; ISA: {' '.join(isa.flags) or 'no AVX2'}; accelerate() picks {choose(isa)}")
     torch.set_num_threads(args.threads); cv2.setNumThreads(args.threads)
     with threadpool_limits(args.threads):
         for arch in args.models:
-            moving = measure(MODELS[arch], args.frames, "pan")
-            static = measure(MODELS[arch], max(args.frames // 2, 3), "static")
+            moving = measure(MODELS[arch], args.frames, "pan", combos)
+            static = measure(MODELS[arch], max(args.frames // 2, 3), "static", combos)
             t = moving["tutorial"]
             ours = [n for n in moving if n != "tutorial"]
             print(f"\n{arch} at 224x224, {args.frames} panning frames, {args.threads} threads (ms per frame, mean; "
-                  "speed-up = tutorial / ours)")
+                  "speed-up = tutorial / ours; ope = OpenVINO, onn = ONNX Runtime)")
             print(f"{'stage':<12}{'tutorial':>10}" + "".join(f"{n:>14}{'speed-up':>10}" for n in ours))
             for s in STAGES:
                 print(f"{s:<12}{t['ms'][s]:>10.1f}" + "".join(

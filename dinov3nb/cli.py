@@ -271,9 +271,10 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--frames", type=at_least(1), metavar="N", help="stop a camera/video after N frames")
     k.add_argument("--out", metavar="FILE", help="output PNG for an image; a .mp4/.avi video for a camera/video "
                    "(default: a window)")
-    k.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"],
-                   help="runtime for a camera/video: torch (default), onnxruntime (about 2x faster on a CPU; "
-                   "needs the onnx extra) or tensorrt (NVIDIA GPU / Jetson)")
+    k.add_argument("--backend", default="torch", choices=["torch", "auto", "onnxruntime", "openvino", "tensorrt"],
+                   help="runtime for a camera/video: torch (default), auto (the CPU's fastest: OpenVINO bf16 on AMX / "
+                   "AVX512-BF16, int8 elsewhere, else ONNX Runtime fp32; needs the onnx extra, openvino for bf16/int8), "
+                   "onnxruntime (fp32), openvino, or tensorrt (NVIDIA GPU / Jetson)")
     m = sub.add_parser("match", parents=[common], help="mutual nearest-neighbour patch matches between two images")
     m.add_argument("image", metavar="IMG1", help=img_help)
     m.add_argument("image2", metavar="IMG2", help="second image, same forms as IMG1")

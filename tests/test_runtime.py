@@ -36,7 +36,7 @@ def test_torch_runtime_options():
 
 
 def test_unknown_runtime_and_missing_tensorrt_say_what_to_do():
-    with pytest.raises(ValueError, match="onnxruntime"): make_runtime("openvino", tiny_vit())
+    with pytest.raises(ValueError, match="onnxruntime"): make_runtime("tflite", tiny_vit())
     try:
         import tensorrt  # noqa: F401
         has_trt = torch.cuda.is_available()

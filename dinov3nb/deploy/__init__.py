@@ -1,1 +1,1 @@
-"""Deployment (notebooks `06_deploy.export`, `08_deploy.runtime`): ONNX export and the torch / ONNX Runtime / TensorRT runtimes. Imports `models` only."""
+"""Deployment (notebooks `06_deploy.export`, `07_deploy.fast`, `08_deploy.runtime`): ONNX export, the CPU fast path (OpenVINO bf16 / int8) and the torch / ONNX Runtime / OpenVINO / TensorRT runtimes. Imports `models` only."""

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 # %% auto #0
 __all__ = ['require', 'output_names', 'ExportWrapper', 'model_stride', 'sort_nodes', 'export_metadata', 'export_onnx',
-           'op_counts', 'OnnxRuntimeBackbone', 'cache_dir', 'model_fingerprint', 'accelerate', 'verify_backend']
+           'op_counts', 'OnnxRuntimeBackbone', 'cache_dir', 'model_fingerprint', 'cached_onnx', 'accelerate',
+           'verify_backend']
 
 # %% ../../nbs/06_deploy.export.ipynb #b321bf44
 def require(module:str, extra:str="onnx", package:str|None=None):
@@ -216,15 +217,13 @@ def model_fingerprint(model:nn.Module, **settings) -> str:
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
-def accelerate(
+def cached_onnx(
     model:nn.Module, # a dinov3nb ViT or ConvNeXt
-    *,
     folder:str|Path|None=None, # where to keep the .onnx file (default: `cache_dir()/"onnx"`)
     intermediate_layers:Sequence[int]=(),
-    threads:int|None=None, spin:bool=False, providers:Sequence[str]|None=None,
     exporter:str="legacy", # see `export_onnx`
-) -> OnnxRuntimeBackbone:
-    "Export `model` to ONNX (once; cached by content) and return it as an `OnnxRuntimeBackbone`."
+) -> Path:
+    "Export `model` to a dynamic-shape ONNX file in `folder` once (named by its content fingerprint); return its path."
     folder = Path(folder) if folder is not None else cache_dir() / "onnx"
     name = getattr(model, "preset", None) or type(model).__name__
     fp = model_fingerprint(model, layers=list(intermediate_layers), exporter=exporter)
@@ -234,6 +233,18 @@ def accelerate(
         export_onnx(model, tmp_path, intermediate_layers=intermediate_layers, exporter=exporter,
                     height=2 * model_stride(model), width=2 * model_stride(model))
         os.replace(tmp_path, path)  # atomic: a crash never leaves a half-written model in the cache
+    return path
+
+def accelerate(
+    model:nn.Module, # a dinov3nb ViT or ConvNeXt
+    *,
+    folder:str|Path|None=None, # where to keep the .onnx file (default: `cache_dir()/"onnx"`)
+    intermediate_layers:Sequence[int]=(),
+    threads:int|None=None, spin:bool=False, providers:Sequence[str]|None=None,
+    exporter:str="legacy", # see `export_onnx`
+) -> OnnxRuntimeBackbone:
+    "Export `model` to ONNX (once; cached by content) and return it as an fp32 `OnnxRuntimeBackbone` (`deploy.fast.accelerate` picks the CPU's fastest precision)."
+    path = cached_onnx(model, folder, intermediate_layers, exporter)
     return OnnxRuntimeBackbone(path, threads=threads, spin=spin, providers=providers)
 
 # %% ../../nbs/06_deploy.export.ipynb #9db26c6d

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .export import accelerate, cache_dir, model_stride
+from .fast import accelerate as fast_accelerate
 from ..errors import UserError
 
 # %% auto #0
@@ -164,20 +165,21 @@ class TensorRTRuntime:
     def __repr__(self): return f"TensorRTRuntime({str(self.path)!r})"
 
 # %% ../../nbs/08_deploy.runtime.ipynb #2b8bdb68
-RUNTIMES = ("torch", "onnxruntime", "tensorrt")
+RUNTIMES = ("torch", "auto", "onnxruntime", "openvino", "tensorrt")
 
 def make_runtime(
-    name:str, # "torch", "onnxruntime" or "tensorrt"
+    name:str, # "torch", "auto" (the CPU fast path), "onnxruntime" (fp32), "openvino" or "tensorrt"
     model:nn.Module, # the torch backbone (weights loaded)
     *,
     sizes:Sequence[tuple[int, int]]=((224, 224),), # expected (height, width), for TensorRT's profile
     max_batch:int=1, # largest batch, for TensorRT's profile
     fp16:bool=True, # TensorRT precision
-    **kwargs, # passed to `TorchRuntime` / `accelerate`
+    **kwargs, # passed to `TorchRuntime` / `accelerate` (auto, openvino: `deploy.fast.accelerate`, e.g. precision="int8")
 ) -> Runtime:
     "Build the runtime `name` for `model`."
     if name == "torch": return TorchRuntime(model, **kwargs)
     if name == "onnxruntime": return accelerate(model, **kwargs)
+    if name in ("auto", "openvino"): return fast_accelerate(model, backend="auto" if name == "auto" else name, **kwargs)
     if name == "tensorrt":
         _trt()
         onnx_file = accelerate(model, **kwargs).path
