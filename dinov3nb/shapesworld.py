@@ -12,6 +12,7 @@ __all__ = ['SHAPE_CLASSES', 'OUTLINES', 'TEXTURES', 'MAX_DEPTH', 'SPLITS', 'COLO
 # %% ../nbs/14_shapesworld.ipynb #dfd3f8a5
 import colorsys
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -261,8 +262,9 @@ def caption(
 ) -> str:
     "Describe `spec` in words: its colour, texture, class and position."
     fmt = CAPTION_TEMPLATES[template] if isinstance(template, int) else template
-    return fmt.format(colour=colour_name(spec.colour), texture=TEXTURE_WORDS[spec.texture], shape=spec.kind,
+    text = fmt.format(colour=colour_name(spec.colour), texture=TEXTURE_WORDS[spec.texture], shape=spec.kind,
                       position=position_name(spec.cx, spec.cy, height, width))
+    return re.sub(r"\b([Aa])(?= [aeiou])", r"\1n", text)  # "an orange"
 
 def _shapesworld_caption(self:ShapesWorld, i:int, template:int|str|None=None) -> str:
     "Caption image `i` by its main shape; `template` None: template `(i // K) mod T`."

@@ -46,8 +46,9 @@ def _to_tensor(image:np.ndarray) -> Tensor:
 
 class CaptionedShapes(torch.utils.data.Dataset):
     "ShapesWorld images with their captions, rendered once: `(image [3, S, S], caption)`."
-    def __init__(self, n_images:int=1024, size:int=32, seed:int=0, split:str="train", max_extra_shapes:int=0):
-        self.world = ShapesWorld(n_images, size, seed, split, max_extra_shapes=max_extra_shapes)
+    def __init__(self, n_images:int=1024, size:int=32, seed:int=0, split:str="train", max_extra_shapes:int=0,
+                 classes:tuple[str, ...]|list[str]=SHAPE_CLASSES):
+        self.world = ShapesWorld(n_images, size, seed, split, classes=tuple(classes), max_extra_shapes=max_extra_shapes)
         self._cache:dict[int, tuple[Tensor, str]] = {}
     def __len__(self) -> int: return len(self.world)
     def __getitem__(self, i:int) -> tuple[Tensor, str]:
@@ -116,6 +117,7 @@ class AlignDataConfig:
     n_images:int=2048 # ShapesWorld: pairs
     image_size:int=32 # S, image side (px): a multiple of the patch size
     max_extra_shapes:int=0 # ShapesWorld: clutter behind the main shape
+    classes:list[str]=field(default_factory=lambda: list(SHAPE_CLASSES)) # ShapesWorld: the shapes drawn (and evaluated)
     batch_size:int=128 # b, pairs per step and process (the loss sees W*b)
     num_workers:int=0
 
@@ -219,7 +221,7 @@ def _lr(it:int, o:AlignOptimConfig) -> float:
 def pair_dataset(cfg:AlignConfig, patch_size:int):
     "The training pairs of `cfg.data`."
     d = cfg.data
-    if d.dataset == "shapesworld": return CaptionedShapes(d.n_images, d.image_size, cfg.run.seed, "train", d.max_extra_shapes)
+    if d.dataset == "shapesworld": return CaptionedShapes(d.n_images, d.image_size, cfg.run.seed, "train", d.max_extra_shapes, d.classes)
     return CaptionFolder(d.dataset, d.image_size, patch_size)
 
 def _save_safetensors(tensors:dict[str, Tensor], path:Path, metadata:dict[str, str]):
@@ -323,12 +325,12 @@ def load_aligned(
     bw = backbone_weights or cfg.backbone_weights or checkpoint.with_name("backbone.safetensors")
     return load_dinotxt(build_dinotxt(load(bw, device=device), cfg.model, cfg.text, device=device), checkpoint).eval()
 
-# %% ../../nbs/19a_train.align.ipynb #ff515cf0
+# %% ../../nbs/19a_train.align.ipynb #873dce1f
 @torch.no_grad()
 def shapes_zeroshot(model:DinoTxt, n_images:int=300, size:int=32, templates=("a photo of a {}",), seed:int=0,
-                    batch_size:int=100) -> dict:
+                    classes=SHAPE_CLASSES, batch_size:int=100) -> dict:
     "Zero-shot shape accuracy, chance and confusion matrix `[K, K]` (rows: truth) on held-out ShapesWorld images."
-    data = CaptionedShapes(n_images, size, seed, "val")
+    data = CaptionedShapes(n_images, size, seed, "val", classes=classes)
     classes = data.world.classes
     W = zeroshot_classifier(model, classes, list(templates))  # [E, K]
     dev = model.logit_scale.device
@@ -362,7 +364,7 @@ def align_main(preset:str, overrides:list[str], resume:bool=False, out=None) -> 
               f"{trainer.out}: {', '.join(p.name for p in trainer.folder.checkpoints())}", file=out)
         if cfg.eval.n_images:
             model = load_aligned(trainer.folder.checkpoints()[-1], device=cfg.run.device)
-            r = shapes_zeroshot(model, cfg.eval.n_images, cfg.data.image_size, cfg.eval.templates, cfg.run.seed)
+            r = shapes_zeroshot(model, cfg.eval.n_images, cfg.data.image_size, cfg.eval.templates, cfg.run.seed, cfg.data.classes)
             print(f"zero-shot shape accuracy on {r['n_images']} held-out ShapesWorld images: {100 * r['accuracy']:.1f} % "
                   f"(chance {100 * r['chance']:.1f} %)\n{confusion_table(r)}", file=out)
     if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
