@@ -28,13 +28,13 @@ from ..heads.classifier import IMAGENET_MEAN, IMAGENET_STD, classification_trans
 from ..heads.dinotxt import DinoTxt, DinoTxtConfig, TextConfig, build_dinotxt, head_view, load_dinotxt, tokenize
 from ..heads.dinotxt_zeroshot import zeroshot_classifier
 from ..models.vit import DinoVisionTransformer, ViTConfig
-from ..shapesworld import SHAPE_CLASSES, ShapesWorld
+from ..shapesworld import COLOUR_NAMES, SHAPE_CLASSES, TEXTURE_WORDS, ShapesWorld, colour_name, position_name
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'ALIGN_PRESETS', 'CaptionedShapes', 'CaptionFolder', 'clip_loss', 'AlignDataConfig',
-           'AlignOptimConfig', 'AlignEvalConfig', 'AlignRunConfig', 'AlignConfig', 'preset_dinotxt', 'align_config',
-           'build_align_model', 'trainable', 'set_train_mode', 'pair_dataset', 'AlignTrainer', 'load_aligned',
-           'shapes_zeroshot', 'confusion_table', 'align_main']
+__all__ = ['IMAGE_SUFFIXES', 'ALIGN_PRESETS', 'ATTRIBUTE_PROMPTS', 'CaptionedShapes', 'CaptionFolder', 'clip_loss',
+           'AlignDataConfig', 'AlignOptimConfig', 'AlignEvalConfig', 'AlignRunConfig', 'AlignConfig', 'preset_dinotxt',
+           'align_config', 'build_align_model', 'trainable', 'set_train_mode', 'pair_dataset', 'AlignTrainer',
+           'load_aligned', 'shapes_zeroshot', 'confusion_table', 'align_main']
 
 # %% ../../nbs/19a_train.align.ipynb #c5112a9f
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -109,33 +109,34 @@ def clip_loss(
     loss = (F.cross_entropy(logits_img, target) + F.cross_entropy(logits_txt, target)) / 2
     return loss, (logits_img.argmax(dim=1) == target).float().mean()
 
-# %% ../../nbs/19a_train.align.ipynb #b8b41ef2
+# %% ../../nbs/19a_train.align.ipynb #297d203a
 @dataclass
 class AlignDataConfig:
     "The image-caption pairs."
     dataset:str="shapesworld" # "shapesworld" (captioned, offline) or a folder of pairs (see `CaptionFolder`)
-    n_images:int=2048 # ShapesWorld: pairs
+    n_images:int=1024 # ShapesWorld: pairs
     image_size:int=32 # S, image side (px): a multiple of the patch size
     max_extra_shapes:int=0 # ShapesWorld: clutter behind the main shape
     classes:list[str]=field(default_factory=lambda: list(SHAPE_CLASSES)) # ShapesWorld: the shapes drawn (and evaluated)
-    batch_size:int=128 # b, pairs per step and process (the loss sees W*b)
+    batch_size:int=64 # b, pairs per step and process (the loss sees W*b)
     num_workers:int=0
 
 @dataclass
 class AlignOptimConfig:
     "AdamW with a linear warm-up and a cosine decay; the temperature is clipped at `max_logit_scale`."
-    iterations:int=300
+    iterations:int=150
     lr:float=2e-3
-    warmup_iters:int=30
+    warmup_iters:int=15
     weight_decay:float=0.05 # on weight matrices only
     clip_grad:float|None=1.0
     max_logit_scale:float=100.0 # exp(s) <= 100, as CLIP
 
 @dataclass
 class AlignEvalConfig:
-    "Zero-shot classification of held-out ShapesWorld images by their shape, at the end of a run."
+    "Zero-shot classification of held-out ShapesWorld images by caption attributes, at the end of a run."
     n_images:int=300 # 0: no evaluation
-    templates:list[str]=field(default_factory=lambda: ["a photo of a {}"])
+    attributes:list[str]=field(default_factory=lambda: ["shape", "colour"]) # of shape, colour, texture, position
+    templates:list[str]|None=None # prompts with {} for every attribute; None: `ATTRIBUTE_PROMPTS`
 
 @dataclass
 class AlignRunConfig:
@@ -186,7 +187,9 @@ def align_config(preset:str="dinotxt", overrides:list[str]=()) -> AlignConfig:
     if d.image_size % p: raise ConfigError(f"data.image_size={d.image_size} is not a multiple of the patch size {p}")
     if cfg.backbone_weights and not Path(cfg.backbone_weights).expanduser().is_file():
         raise ConfigError(f"backbone_weights={cfg.backbone_weights!r}: no such file")
-    if any("{}" not in t for t in cfg.eval.templates): raise ConfigError("eval.templates: every template needs a {} for the class name")
+    if any("{}" not in t for t in cfg.eval.templates or []): raise ConfigError("eval.templates: every template needs a {} for the class name")
+    bad = [a for a in cfg.eval.attributes if a not in ("shape", "colour", "texture", "position")]
+    if bad: raise ConfigError(f"eval.attributes: {bad[0]!r} is not one of shape, colour, texture, position")
     _check_device(r.device)
     return cfg
 
@@ -325,28 +328,43 @@ def load_aligned(
     bw = backbone_weights or cfg.backbone_weights or checkpoint.with_name("backbone.safetensors")
     return load_dinotxt(build_dinotxt(load(bw, device=device), cfg.model, cfg.text, device=device), checkpoint).eval()
 
-# %% ../../nbs/19a_train.align.ipynb #873dce1f
+# %% ../../nbs/19a_train.align.ipynb #bae7d442
+ATTRIBUTE_PROMPTS = {"shape": "a photo of a {}", "colour": "a photo of a {} shape", "texture": "a photo of a {} shape",
+                     "position": "a photo of a shape {}"}
+
+def _attribute_classes(world:ShapesWorld, attribute:str) -> tuple[tuple[str, ...], callable]:
+    "The class names of `attribute` and the function giving an image's class name from its sample."
+    if attribute == "shape": return world.classes, lambda i, s: world.classes[s.label]
+    if attribute == "colour": return tuple(dict.fromkeys(n for _, n in COLOUR_NAMES)), lambda i, s: colour_name(s.shapes[0].colour)
+    if attribute == "texture": return tuple(TEXTURE_WORDS.values()), lambda i, s: TEXTURE_WORDS[s.shapes[0].texture]
+    if attribute == "position":
+        n = world.size
+        names = tuple(dict.fromkeys(position_name(x, y, 3, 3) for y in (0.5, 1.5, 2.5) for x in (0.5, 1.5, 2.5)))
+        return names, lambda i, s: position_name(s.shapes[0].cx, s.shapes[0].cy, n, n)
+    raise ValueError(f"unknown attribute {attribute!r}: one of {', '.join(ATTRIBUTE_PROMPTS)}")
+
 @torch.no_grad()
-def shapes_zeroshot(model:DinoTxt, n_images:int=300, size:int=32, templates=("a photo of a {}",), seed:int=0,
-                    classes=SHAPE_CLASSES, batch_size:int=100) -> dict:
-    "Zero-shot shape accuracy, chance and confusion matrix `[K, K]` (rows: truth) on held-out ShapesWorld images."
+def shapes_zeroshot(model:DinoTxt, n_images:int=300, size:int=32, templates=None, seed:int=0,
+                    classes=SHAPE_CLASSES, attribute:str="shape", batch_size:int=100) -> dict:
+    "Zero-shot accuracy, chance and confusion matrix `[K, K]` (rows: truth) of `attribute` on held-out ShapesWorld images."
     data = CaptionedShapes(n_images, size, seed, "val", classes=classes)
-    classes = data.world.classes
-    W = zeroshot_classifier(model, classes, list(templates))  # [E, K]
+    names, truth_of = _attribute_classes(data.world, attribute)
+    W = zeroshot_classifier(model, names, list(templates or [ATTRIBUTE_PROMPTS[attribute]]))  # [E, K]
     dev = model.logit_scale.device
     preds = torch.cat([(model.encode_image(torch.stack([data[i][0] for i in range(s, min(s + batch_size, n_images))]).to(dev),
                                            normalize=True) @ W).argmax(dim=1).cpu() for s in range(0, n_images, batch_size)])
-    truth = torch.arange(n_images) % len(classes)  # image i shows class i mod K
-    confusion = torch.bincount(truth * len(classes) + preds, minlength=len(classes) ** 2).view(len(classes), len(classes))
-    return {"accuracy": (preds == truth).float().mean().item(), "chance": 1 / len(classes), "classes": classes,
+    truth = torch.tensor([names.index(truth_of(i, data.world.sample(i))) for i in range(n_images)])
+    K = len(names)
+    confusion = torch.bincount(truth * K + preds, minlength=K * K).view(K, K)
+    return {"attribute": attribute, "accuracy": (preds == truth).float().mean().item(), "chance": 1 / K, "classes": names,
             "confusion": confusion.tolist(), "n_images": n_images}
 
 def confusion_table(result:dict) -> str:
     "The confusion matrix of `shapes_zeroshot` as text: true classes in rows, predictions in columns."
-    names = result["classes"]
-    w = max(map(len, names)) + 1
-    lines = [" " * w + "".join(f"{n[:7]:>8}" for n in names)]
-    lines += [f"{n:<{w}}" + "".join(f"{c:>8}" for c in row) for n, row in zip(names, result["confusion"])]
+    short = [n.split(" the ")[-1] for n in result["classes"]]  # "at the top left" -> "top left"
+    w = max(map(len, short)) + 1
+    lines = [" " * w + "".join(f"{n[:9]:>10}" for n in short)]
+    lines += [f"{n:<{w}}" + "".join(f"{c:>10}" for c in row) for n, row in zip(short, result["confusion"])]
     return "\n".join(lines)
 
 # %% ../../nbs/19a_train.align.ipynb #8213f803
@@ -362,10 +380,11 @@ def align_main(preset:str, overrides:list[str], resume:bool=False, out=None) -> 
     if trainer.rank == 0:
         print(f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f} over {len(hist)} iterations; checkpoints in "
               f"{trainer.out}: {', '.join(p.name for p in trainer.folder.checkpoints())}", file=out)
-        if cfg.eval.n_images:
-            model = load_aligned(trainer.folder.checkpoints()[-1], device=cfg.run.device)
-            r = shapes_zeroshot(model, cfg.eval.n_images, cfg.data.image_size, cfg.eval.templates, cfg.run.seed, cfg.data.classes)
-            print(f"zero-shot shape accuracy on {r['n_images']} held-out ShapesWorld images: {100 * r['accuracy']:.1f} % "
+        model = load_aligned(trainer.folder.checkpoints()[-1], device=cfg.run.device) if cfg.eval.n_images else None
+        for attribute in cfg.eval.attributes if model is not None else []:
+            r = shapes_zeroshot(model, cfg.eval.n_images, cfg.data.image_size, cfg.eval.templates, cfg.run.seed,
+                                cfg.data.classes, attribute)
+            print(f"zero-shot {attribute} accuracy on {r['n_images']} held-out ShapesWorld images: {100 * r['accuracy']:.1f} % "
                   f"(chance {100 * r['chance']:.1f} %)\n{confusion_table(r)}", file=out)
     if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
     return 0
