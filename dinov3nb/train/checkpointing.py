@@ -95,9 +95,9 @@ def read_trainer_state(
 
 # %% ../../nbs/10c_train.checkpointing.ipynb #9dbf7559
 RUN_MARKER = ".dinov3nb-run.json"  # in each folder a run writes to: the names it wrote there
-_CHECKPOINT = re.compile(r"checkpoint_\d+(\.pt)?")
-_WRITES = re.compile(r"checkpoint_\d+(\.pt)?|config\.json|metrics\.jsonl|tensorboard|submitit")  # the names a run writes
-_TEMPORARY = re.compile(r"\.(checkpoint_\d+(\.pt)?|dinov3nb-run\.json)\.tmp\d*")  # left behind by a run killed while saving
+_CHECKPOINT = re.compile(r"checkpoint_\d+(\.pt|\.safetensors)?")  # .safetensors: `train.align`
+_WRITES = re.compile(r"checkpoint_\d+(\.pt|\.safetensors)?|backbone\.safetensors|config\.json|metrics\.jsonl|tensorboard|submitit")  # the names a run writes
+_TEMPORARY = re.compile(r"\.(checkpoint_\d+(\.pt|\.safetensors)?|backbone\.safetensors|dinov3nb-run\.json)\.tmp\d*")  # left behind by a run killed while saving
 _CONSOLIDATED = re.compile(r"checkpoint_\d+_full\.pt")  # `consolidate_checkpoint` beside a sharded folder
 
 def _names(names:list[str], n:int=4) -> str: return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")

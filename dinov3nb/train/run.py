@@ -18,6 +18,7 @@ from .distributed import rank, init_distributed
 from .checkpointing import checkpoints
 from .trainer import Trainer
 from .multidistill import MultiTrainer
+from .align import ALIGN_PRESETS, align_main
 from ..errors import run_command
 
 # %% auto #0
@@ -89,12 +90,14 @@ def train_main(argv:list[str]|None=None) -> int:
     "`dinov3nb train --config PRESET_OR_FILE key=value ... [--resume] [--debug]`: train, print where the checkpoints are."
     import argparse
     ap = argparse.ArgumentParser(prog="dinov3nb train", description="Train DINOv3 (self-supervised) from a preset or YAML config.")
-    ap.add_argument("--config", required=True, help=f"preset ({', '.join(PRESETS)}) or YAML file")
+    ap.add_argument("--config", required=True, help=f"preset ({', '.join([*PRESETS, *ALIGN_PRESETS])}) or YAML file")
     ap.add_argument("--resume", action="store_true", help="continue the run in run.output_dir from its newest readable checkpoint")
     ap.add_argument("--debug", action="store_true", help="on an error, show the full traceback instead of a one-paragraph message")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=5e-4 run.output_dir=out run.overwrite=true")
     try: args = ap.parse_args(argv)
     except SystemExit as e: return e.code if isinstance(e.code, int) else 2  # usage errors (argparse printed them) and --help
+    if args.config in ALIGN_PRESETS:  # dino.txt alignment: its own config and trainer (`train.align`)
+        return _run_command("dinov3nb train", lambda: align_main(args.config, args.overrides, args.resume), args.debug)
     return _run_command("dinov3nb train", lambda: _train(args), args.debug)
 
 def _train(args) -> int:
