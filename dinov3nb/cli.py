@@ -376,7 +376,7 @@ def _run(args) -> None:
         print(f"wrote {convert_checkpoint(args.src, args.dst, args.to, args.overwrite)}")
 
 OWN_PARSERS = {  # command -> (module, function taking the remaining arguments and returning the exit code, what it does)
-    "eval": ("dinov3nb.eval.cli", "eval_main", "evaluate a frozen backbone: knn, linear, logreg, seg, depth, fg, match, track or all"),
+    "eval": ("dinov3nb.eval.cli", "eval_main", "evaluate a frozen backbone (knn, linear, logreg, seg, depth, fg, match, track or all) or a head (det, seg --head m2f, depth --head dpt)"),
     "train": ("dinov3nb.train.run", "train_main", "self-supervised training: --config PRESET_OR_YAML key=value ... [--resume]"),
     "submit": ("dinov3nb.train.submit", "submit_main", "run `dinov3nb train` as a SLURM job (or --local) through submitit"),
     "train-head": ("dinov3nb.train.heads", "train_head_main", "train a depth head (DPT or linear) on a frozen backbone: depth --head dpt|linear"),
