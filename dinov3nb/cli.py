@@ -294,8 +294,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--fp16", action="store_true", help="half precision: fp16 ONNX weights, or FP16 TensorRT kernels")
     e.add_argument("--layers", type=at_least(0), nargs="+", default=[], metavar="I", help="also output these blocks' patch tokens")
     e.add_argument("--no-verify", action="store_true", help="skip the comparison with torch on two photos")
-    v = sub.add_parser("verify", parents=[common, check], help="compare an exported .onnx / .engine file with the torch model; "
-                       "exit code 1 below the thresholds")
+    v = sub.add_parser("verify", parents=[common, check], help="compare an .onnx / .engine file with the torch model; exit 1 below the thresholds")
     v.add_argument("file", help="an .onnx file or a TensorRT .engine written for --model/--weights")
     for name, (_, _, about) in OWN_PARSERS.items():  # commands with their own parser: `dinov3nb NAME -h` lists the options
         sub.add_parser(name, help=f"{about} (`dinov3nb {name} -h` lists the options)", add_help=False).add_argument(

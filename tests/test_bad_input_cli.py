@@ -162,7 +162,7 @@ CASES = [
     ("convert-onto-an-existing-file", ["convert", T, "existing.png"], 2, ["exists: choose a new name, or pass --overwrite"], None),
     ("convert-hf-onto-a-file", ["convert", T, "existing.png", "--to", "hf"], 2, ["'existing.png' is a file, not a folder"], None),
     ("no-command", [], 2, ["required: command"], None),
-    ("unknown-command", ["segment"], 2, ["invalid choice: 'segment'"], None),
+    ("unknown-command", ["segmentt"], 2, ["invalid choice: 'segmentt'"], None),
     ("eval-one-class", ["eval", "knn", "--model", "pixels", "--data", "oneclass", "--out", "out", "--quiet"], 2,
      ["oneclass/train", "1 class folder (cat)", "at least 2 classes"], None),
     ("eval-corrupt-results", ["eval", "knn", "--model", "pixels", "--out", "corrupt", "--quiet"], 2,
