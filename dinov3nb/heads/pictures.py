@@ -101,7 +101,7 @@ TAB10 = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), 
 
 def colorize(
     values:np.ndarray, # [...] scalar map
-    vmin:float, vmax:float, # the range mapped to the two ends of viridis
+    vmin:float=-1.0, vmax:float=1.0, # the range mapped to the two ends of viridis (default: cosine similarities)
 ) -> np.ndarray: # [..., 3] uint8
     "Map `values` to viridis colours (no matplotlib needed)."
     t = np.clip((np.asarray(values, np.float32) - vmin) / max(vmax - vmin, 1e-12), 0, 1) * (len(VIRIDIS) - 1)
@@ -112,7 +112,7 @@ def colorize(
 def palette(k:int) -> np.ndarray: # [k, 3] uint8
     "Return `k` distinct colours: tab10, then evenly spaced hues."
     if k <= len(TAB10): return TAB10[:k].copy()
-    hsv = np.stack([np.arange(k) / k, np.full(k, 0.7), np.full(k, 0.95)], 1)
+    hsv = np.stack([np.arange(k) / k, np.full(k, 0.75), np.full(k, 0.95)], 1)
     return np.asarray(Image.fromarray((hsv[None] * 255).astype(np.uint8), "HSV").convert("RGB"))[0]
 
 # %% ../../nbs/44a_heads.pictures.ipynb #074bca8d

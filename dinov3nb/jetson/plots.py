@@ -15,32 +15,12 @@ from PIL import Image, ImageDraw
 from .dense import upsample
 
 # %% auto #0
-__all__ = ['VIRIDIS', 'TAB10', 'colorize', 'label_palette', 'blend', 'stamp', 'render_heatmap', 'render_pca', 'render_labels',
-           'render_matches', 'save_png', 'plot_heatmap', 'plot_pca', 'plot_kmeans', 'plot_matches', 'save_figure']
+__all__ = ['blend', 'stamp', 'render_heatmap', 'render_pca', 'render_labels', 'render_matches', 'save_png', 'plot_heatmap',
+           'plot_pca', 'plot_kmeans', 'plot_matches', 'save_figure']
 
 # %% ../../nbs/32_jetson.plots.ipynb #fe7689ee
-VIRIDIS = np.array([(68, 1, 84), (72, 24, 106), (71, 45, 123), (66, 64, 134), (59, 82, 139), (51, 99, 141),
-                    (44, 114, 142), (38, 130, 142), (33, 145, 140), (31, 160, 136), (40, 174, 128), (63, 188, 115),
-                    (94, 201, 98), (132, 212, 75), (173, 220, 48), (216, 226, 25), (253, 231, 37)],
-                   np.float32)  # viridis at 0, 1/16, ..., 1
-TAB10 = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-                  (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)], np.uint8)
-
-def colorize(
-    values:np.ndarray, # [...] scalar map
-    vmin:float=-1.0, vmax:float=1.0, # the value range mapped to the ends of the colour map
-) -> np.ndarray: # [..., 3] uint8
-    "Map `values` to viridis colours (no matplotlib needed)."
-    t = np.clip((np.asarray(values, np.float32) - vmin) / max(vmax - vmin, 1e-12), 0, 1) * (len(VIRIDIS) - 1)
-    i = np.minimum(t.astype(np.int64), len(VIRIDIS) - 2)
-    frac = (t - i)[..., None]
-    return np.round(VIRIDIS[i] * (1 - frac) + VIRIDIS[i + 1] * frac).astype(np.uint8)
-
-def label_palette(k:int) -> np.ndarray: # [k, 3] uint8
-    "Return `k` distinct colours: tab10, or evenly spaced hues when `k` > 10."
-    if k <= len(TAB10): return TAB10[:k].copy()
-    hsv = np.stack([np.arange(k) / k, np.full(k, 0.75), np.full(k, 0.95)], 1)
-    return np.asarray(Image.fromarray((hsv[None] * 255).astype(np.uint8), "HSV").convert("RGB"))[0]
+# one colour scheme for every picture of the package: the heads' renderers (a lower layer) define it
+from ..heads.pictures import TAB10, VIRIDIS, colorize, palette as label_palette
 
 def blend(
     image:np.ndarray, # [H, W, 3] uint8 photo
