@@ -11,6 +11,7 @@ from .models.transforms import load_image, make_transform, preprocess
 from .models.checkpoints import load, load_weights_into, save, save_hf, to_timm_state_dict
 from .deploy.export import export_onnx, OnnxRuntimeBackbone
 from .deploy.fast import accelerate, cpu_isa, OpenVinoBackbone
+from .deploy.fast_backbone import FastBackbone
 from .deploy.runtime import make_runtime, TorchRuntime
 from .heads.classifier import dinov3_vit7b16_lc
 from .heads.depth import dinov3_vit7b16_dd, dinov3_vitl16_chmv2

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import CheckFailed, UserError, at_least, pop_debug, reading, run_command, writable_path
+from .deploy.fast_backbone import FastBackbone, add_backend_options, stream_options
 from .jetson.pictures import demo_pictures, heatmap_picture, kmeans_picture, match_picture, pca_picture, read_image
 
 # %% auto #0
@@ -271,15 +272,12 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--frames", type=at_least(1), metavar="N", help="stop a camera/video after N frames")
     k.add_argument("--out", metavar="FILE", help="output PNG for an image; a .mp4/.avi video for a camera/video "
                    "(default: a window)")
-    k.add_argument("--backend", default="torch", choices=["torch", "auto", "onnxruntime", "openvino", "tensorrt"],
-                   help="runtime for a camera/video: torch (default), auto (the CPU's fastest: OpenVINO bf16 on AMX / "
-                   "AVX512-BF16, int8 elsewhere, else ONNX Runtime fp32; needs the onnx extra, openvino for bf16/int8), "
-                   "onnxruntime (fp32), openvino, or tensorrt (NVIDIA GPU / Jetson)")
     m = sub.add_parser("match", parents=[common], help="mutual nearest-neighbour patch matches between two images")
     m.add_argument("image", metavar="IMG1", help=img_help)
     m.add_argument("image2", metavar="IMG2", help="second image, same forms as IMG1")
     m.add_argument("--max-lines", type=at_least(1), default=100, help="draw at most this many matches (default 100)")
     m.add_argument("--out", metavar="FILE", help=out_help.format("match"))
+    for sub_parser in (h, c, k, m): add_backend_options(sub_parser, tensorrt=sub_parser is k)   # --backend, --precision
     check = argparse.ArgumentParser(add_help=False)
     check.add_argument("--min-cosine", type=_cosine, metavar="C", help="fail below this cosine similarity (default "
                        f"{MIN_COSINE['fp32']} for fp32 files, {MIN_COSINE['fp16']} for fp16 ONNX files and TensorRT engines)")
@@ -323,13 +321,14 @@ class _Noted:
 def _stream_kmeans(args) -> None:
     from dinov3nb.jetson.camera import open_source, run, SegmentationPipeline, VideoSink, WindowSink
     from dinov3nb.deploy.runtime import make_runtime
+    options = stream_options(args.backend, args.precision)                  # a bad pair fails before the camera opens
     if args.out and Path(args.out).suffix.lower() not in (".mp4", ".avi"):
         raise UserError(f"--out {args.out}: a camera or video is written as a video; use a .mp4 or .avi name")
     source = open_source(args.camera if args.camera is not None else args.video)   # fail fast, before the model
     try: sink = VideoSink(writable_path(args.out, "--out", overwrite=args.overwrite)) if args.out else WindowSink()   # no display: fails here
     except BaseException: source.close(); raise
     model, note = load_backbone(args.model, args.weights)
-    runtime = make_runtime(args.backend, model, sizes=[(args.size, args.size)])
+    runtime = make_runtime(args.backend, model, sizes=[(args.size, args.size)], **options)
     stats = run(source, SegmentationPipeline(runtime, k=args.k, size=args.size), [_Noted(sink, note)], args.frames)
     print(f"{source.name}: {stats.frames} frames, {stats.fps:.1f} FPS" + (f"; wrote {args.out}" if args.out else ""))
 
@@ -343,6 +342,7 @@ def _pictures(args) -> None:
     img = read_image(args.image)                                    # fail fast on a bad path, before the model
     img2 = read_image(args.image2) if args.command == "match" else None
     model, note = load_backbone(args.model, args.weights)
+    model = FastBackbone(model, args.backend, args.precision)            # torch: the model itself
     if args.command == "heatmap": pic = heatmap_picture(model, img, size=args.size, patch=args.patch, xy=args.xy)
     elif args.command == "pca": pic = pca_picture(model, img, size=args.size, foreground=args.foreground)
     elif args.command == "kmeans": pic = kmeans_picture(model, img, size=args.size, k=args.k)

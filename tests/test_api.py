@@ -11,7 +11,7 @@ import dinov3nb
 def test_public_names():
     for name in ["build", "list_backbones", "preprocess", "load_image", "make_transform", "DinoVisionTransformer",
                  "ViTConfig", "ConvNeXt", "ConvNeXtConfig", "load", "save", "save_hf", "accelerate", "export_onnx",
-                 "OnnxRuntimeBackbone", "make_runtime", "TorchRuntime", *dinov3nb.list_backbones()]:
+                 "OnnxRuntimeBackbone", "make_runtime", "TorchRuntime", "FastBackbone", *dinov3nb.list_backbones()]:
         if name.endswith("_sat493m"): continue  # reached through `dataset="sat493m"`
         assert hasattr(dinov3nb, name), name
     assert dinov3nb.__version__

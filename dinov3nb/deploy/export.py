@@ -35,20 +35,26 @@ def require(module:str, extra:str="onnx", package:str|None=None):
 # %% ../../nbs/06_deploy.export.ipynb #c077780e
 def _is_vit(model:nn.Module) -> bool: return isinstance(getattr(model, "rope_embed", None), nn.Module)
 
-def output_names(model:nn.Module, intermediate_layers:Sequence[int]=()) -> list[str]:
+def output_names(
+    model:nn.Module, # a dinov3nb ViT or ConvNeXt
+    intermediate_layers:Sequence[int]=(), # blocks (ConvNeXt: stages) whose patch tokens are added
+    layer_tokens:bool=False, # also each layer's CLS (and register) tokens
+) -> list[str]:
     "Names of the outputs `export_onnx` writes for `model`."
     regs = ["registers"] if _is_vit(model) and model.n_storage_tokens > 0 else []
-    return ["cls", *regs, "patch", *[f"layer{i}" for i in intermediate_layers]]
+    per_layer = lambda i: [f"layer{i}"] + ([f"layer{i}_cls"] + [f"layer{i}_{r}" for r in regs] if layer_tokens else [])
+    return ["cls", *regs, "patch", *[n for i in intermediate_layers for n in per_layer(i)]]
 
 class ExportWrapper(nn.Module):
     "Backbone as `forward(pixel_values) -> (cls, [registers,] patch, *layers)`, ready for tracing."
     def __init__(self,
         model:nn.Module, # a dinov3nb ViT or ConvNeXt (in eval mode)
         intermediate_layers:Sequence[int]=(), # blocks (ConvNeXt: stages) whose patch tokens to add
+        layer_tokens:bool=False, # also their CLS (and register) tokens
     ):
         super().__init__()
-        self.model, self.layers = model, [int(i) for i in intermediate_layers]
-        self.names = output_names(model, self.layers)
+        self.model, self.layers, self.layer_tokens = model, [int(i) for i in intermediate_layers], layer_tokens
+        self.names = output_names(model, self.layers, layer_tokens)
 
     def forward(self, pixel_values:Tensor) -> tuple[Tensor, ...]:
         m = self.model
@@ -60,7 +66,8 @@ class ExportWrapper(nn.Module):
             outs = m.get_intermediate_layers(pixel_values, n=[*self.layers, m.n_blocks - 1], return_class_token=True,
                                              norm=True, **(dict(return_extra_tokens=True) if vit else {}))
             patch, cls, regs = outs[-1] if vit else (*outs[-1], None)
-            extra = [o[0] for o in outs[:-1]]
+            k = 1 + (1 + ("registers" in self.names)) * self.layer_tokens        # patches [, CLS [, registers]] per layer
+            extra = [t for o in outs[:-1] for t in o[:k]]
         return (cls, *([regs] if "registers" in self.names else []), patch, *extra)
 
 # %% ../../nbs/06_deploy.export.ipynb #d9e28912
@@ -82,7 +89,8 @@ def _export_legacy(wrapper:ExportWrapper, x:Tensor, path:Path, opset:int, dynami
     axes = {}
     if dynamic:
         axes = {"pixel_values": {0: "batch", 2: "height", 3: "width"},
-                **{n: {0: "batch", **({1: "tokens"} if n != "cls" and n != "registers" else {})} for n in wrapper.names}}
+                **{n: {0: "batch", **({1: "tokens" if n == "patch" else f"{n}_tokens"} if n.startswith(("patch", "layer")) and
+                                   not n.endswith(("_cls", "_registers")) else {})} for n in wrapper.names}}
     torch.onnx.export(wrapper, (x,), str(path), dynamo=False, opset_version=opset, input_names=["pixel_values"],
                       output_names=wrapper.names, dynamic_axes=axes or None, do_constant_folding=True)
 
@@ -118,6 +126,7 @@ def export_onnx(
     height:int=224, width:int=224, batch_size:int=1, # example input (and the fixed shape when not dynamic)
     dynamic:bool=True, # symbolic batch, height and width
     intermediate_layers:Sequence[int]=(), # also output the patch tokens of these blocks / stages
+    layer_tokens:bool=False, # and their CLS (and register) tokens
     opset:int=18, # ONNX opset (>= 17)
     fp16:bool=False, # convert weights and activations to float16 (inputs/outputs stay float32)
     exporter:str="legacy", # "legacy" (TorchScript tracing, fast) or "dynamo" (torch.export)
@@ -133,7 +142,7 @@ def export_onnx(
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
-    wrapper = ExportWrapper(model, intermediate_layers).eval()
+    wrapper = ExportWrapper(model, intermediate_layers, layer_tokens).eval()
     x = torch.randn(batch_size, 3, height, width, dtype=next(model.parameters()).dtype)
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -222,15 +231,17 @@ def cached_onnx(
     folder:str|Path|None=None, # where to keep the .onnx file (default: `cache_dir()/"onnx"`)
     intermediate_layers:Sequence[int]=(),
     exporter:str="legacy", # see `export_onnx`
+    layer_tokens:bool=False, # also the CLS (and register) tokens of `intermediate_layers` (see `ExportWrapper`)
 ) -> Path:
     "Export `model` to a dynamic-shape ONNX file in `folder` once (named by its content fingerprint); return its path."
     folder = Path(folder) if folder is not None else cache_dir() / "onnx"
     name = getattr(model, "preset", None) or type(model).__name__
-    fp = model_fingerprint(model, layers=list(intermediate_layers), exporter=exporter)
+    extra = {"outputs": output_names(model, intermediate_layers, True)} if layer_tokens and intermediate_layers else {}
+    fp = model_fingerprint(model, layers=list(intermediate_layers), exporter=exporter, **extra)  # old files keep their names
     path = folder / f"{name}-{fp[:16]}.onnx"
     if not path.is_file():
         tmp_path = path.with_suffix(f".{os.getpid()}.tmp.onnx")
-        export_onnx(model, tmp_path, intermediate_layers=intermediate_layers, exporter=exporter,
+        export_onnx(model, tmp_path, intermediate_layers=intermediate_layers, exporter=exporter, layer_tokens=layer_tokens,
                     height=2 * model_stride(model), width=2 * model_stride(model))
         os.replace(tmp_path, path)  # atomic: a crash never leaves a half-written model in the cache
     return path
@@ -242,9 +253,10 @@ def accelerate(
     intermediate_layers:Sequence[int]=(),
     threads:int|None=None, spin:bool=False, providers:Sequence[str]|None=None,
     exporter:str="legacy", # see `export_onnx`
+    layer_tokens:bool=False, # see `cached_onnx`
 ) -> OnnxRuntimeBackbone:
     "Export `model` to ONNX (once; cached by content) and return it as an fp32 `OnnxRuntimeBackbone` (`deploy.fast.accelerate` picks the CPU's fastest precision)."
-    path = cached_onnx(model, folder, intermediate_layers, exporter)
+    path = cached_onnx(model, folder, intermediate_layers, exporter, layer_tokens)
     return OnnxRuntimeBackbone(path, threads=threads, spin=spin, providers=providers)
 
 # %% ../../nbs/06_deploy.export.ipynb #9db26c6d

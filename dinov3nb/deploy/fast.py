@@ -226,14 +226,15 @@ def accelerate(
     backend:str="auto", # "auto", "openvino" or "onnxruntime"
     *,
     folder:str|Path|None=None, # where to keep the .onnx files (default: `cache_dir()/"onnx"`)
-    intermediate_layers:Sequence[int]=(),
+    intermediate_layers:Sequence[int]=(), # also output these blocks' (stages') patch tokens, as `layer<i>`
+    layer_tokens:bool=False, # and their CLS / register tokens (`layer<i>_cls`, `layer<i>_registers`)
     threads:int|None=None, # inference threads (default: torch.get_num_threads())
     verbose:bool=True, # print one line saying what was chosen and why
 ) -> OnnxRuntimeBackbone|OpenVinoBackbone:
     "Export `model` once (cached by content), quantise it if int8, and return the CPU's fastest runtime for it."
     choice = choose(cpu_isa(), precision, backend)
     if verbose: print(f"dinov3nb.accelerate: {choice}")
-    path = cached_onnx(model, folder, intermediate_layers)
+    path = cached_onnx(model, folder, intermediate_layers, layer_tokens=layer_tokens)
     if choice.precision == "int8":
         src, path = path, path.with_name(f"{path.stem}-int8.onnx")
         if not path.is_file():

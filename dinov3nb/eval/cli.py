@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..deploy.fast_backbone import FastBackbone, add_backend_options
 from ..errors import CheckFailed, UserError, at_least, int_list, pop_debug, run_command, writable_path
 
 # %% auto #0
@@ -90,6 +91,7 @@ def run_protocol(protocol:str, model:nn.Module, a) -> dict[str, float]:
     from dinov3nb.eval import classification as cls, dense as dense, tracking as track
     from dinov3nb.eval.features import extract_features
     progress = not a.quiet
+    heads_backbone = getattr(model, "torch_model", model)   # heads (m2f, dpt, det) train through / hold the torch model
     if protocol in ("knn", "linear", "logreg"):
         splits = classification_data(a.data, a)
         f = {s: extract_features(model, ds, a.features, size=a.size if a.data != "shapesworld" else None, batch_size=a.batch_size,
@@ -106,7 +108,7 @@ def run_protocol(protocol:str, model:nn.Module, a) -> dict[str, float]:
         if getattr(a, "head", "linear") == "m2f":  # a pretrained ViT-Adapter + Mask2Former instead of a trained linear head
             from dinov3nb.eval.segmentor import evaluate_segmentor, m2f_segmentor
             _, te, C = dense_data(a.data, "mask", a)
-            r = evaluate_segmentor(m2f_segmentor(model, a.head_weights, C, a.seed), te, size=a.size, crop=a.size,
+            r = evaluate_segmentor(m2f_segmentor(heads_backbone, a.head_weights, C, a.seed), te, size=a.size, crop=a.size,
                                    stride=max(1, round(a.size * 596 / 896)), flip=a.flip, progress=progress)
             return {"mIoU": r["mIoU"], "pixel_acc": r["pixel_acc"]}
         tr, te, C = dense_data(a.data, "mask", a)
@@ -114,7 +116,7 @@ def run_protocol(protocol:str, model:nn.Module, a) -> dict[str, float]:
         return {"mIoU": r["mIoU"], "pixel_acc": r["pixel_acc"]}
     if protocol == "depth" and getattr(a, "head", "linear") == "dpt":
         tr, te, _ = dense_data(a.data, "depth", a)
-        r = dense.dpt_depth(model, tr, te, size=a.size, steps=a.steps, lr=a.lr, max_depth=getattr(te, "max_depth", 10.0),
+        r = dense.dpt_depth(heads_backbone, tr, te, size=a.size, steps=a.steps, lr=a.lr, max_depth=getattr(te, "max_depth", 10.0),
                             head_weights=a.head_weights, align=a.align != "none", seed=a.seed, progress=progress)
         return {k: v for k, v in r.items() if k != "depther"}
     if protocol == "depth":
@@ -137,7 +139,7 @@ def run_protocol(protocol:str, model:nn.Module, a) -> dict[str, float]:
     if protocol == "det":  # the Plain-DETR head (released or untrained) on a COCO-layout folder, pycocotools mAP
         from dinov3nb.eval.detection import coco_layout, detr_detector, evaluate_detector
         ann, img = coco_layout(None if a.data == "shapesworld" else a.data, a.annotations, a.images)
-        return evaluate_detector(detr_detector(model, a.head_weights, a.seed), ann, img, max_images=a.max_images,
+        return evaluate_detector(detr_detector(heads_backbone, a.head_weights, a.seed), ann, img, max_images=a.max_images,
                                  max_size=a.max_size, score_threshold=a.score_threshold, nms_iou=a.nms_iou, progress=progress)
     if protocol == "track":
         return track.video_segmentation(model, video_data(a.data, a), progress=progress, radius=a.radius, topk=5,
@@ -259,6 +261,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=at_least(48), metavar="PX", help="det: cap the longer image side (default: native size)")
     p.add_argument("--score-threshold", type=_unit, metavar="S", help="det: drop detections below S (default: keep all, as released)")
     p.add_argument("--nms-iou", type=_unit, metavar="IOU", help="det: class-wise NMS at this IoU (default: none, as released)")
+    add_backend_options(p)  # --backend / --precision of the feature extraction (the heads of m2f, dpt and det run on torch)
     p.add_argument("--seed", type=int, default=0, help="seed of data splits, random init and heads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="on an error, also print the traceback")
@@ -270,7 +273,7 @@ def _evaluate(a) -> int:
     if a.cache: writable_path(a.cache, "--cache", folder=True, overwrite=True)
     read_results(a.out)                                          # refuse an unreadable results.json before the work
     _check_heads(a)
-    model = eval_model(a.model, a.weights, a.seed)
+    model = FastBackbone(eval_model(a.model, a.weights, a.seed), a.backend, a.precision)   # torch: the model itself
     records = []
     for protocol in (PROTOCOLS if a.protocol == "all" else [a.protocol]):
         t0 = time.perf_counter()

@@ -142,8 +142,9 @@ def extract_features(
     transform = transform or BackboneTransform(model, size)
     path = None
     if cache_dir is not None:
-        key = json.dumps(dict(model=model_fingerprint(model), data=data_fingerprint(dataset), kind=kind,
-                              transform=repr(transform)))
+        key = dict(model=model_fingerprint(model), data=data_fingerprint(dataset), kind=kind, transform=repr(transform))
+        if getattr(model, "runtime_key", None): key["runtime"] = model.runtime_key   # e.g. "openvino-bf16"; torch: no entry
+        key = json.dumps(key)
         path = Path(cache_dir) / f"features-{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
         if path.exists():
             from safetensors.torch import load_file
