@@ -9,9 +9,10 @@ settings (what a timm user could do by hand). The CPU model and ISA flags are pr
     python bench/backbones.py --quick    # fewer repeats, a smoke test
     python bench/backbones.py --settings vits16-224-b1 convnext_t-224-b1
 
-Same process, 2 threads, fp32 inputs, `torch.inference_mode()`, random weights, identical architectures.
-Candidates run round-robin (one forward of each in turn, after a warm-up) so that drifts in machine
-speed hit all of them alike; the table reports medians. Peak memory is the growth of the process's peak
+2 threads, fp32 inputs, `torch.inference_mode()`, random weights, identical architectures. Each candidate
+lives in a process of its own (`--same-process` puts them all in this one), and they run round-robin
+(one forward of each in turn, after a warm-up) so that drifts in machine speed hit all of them alike;
+the table reports medians. Peak memory is the growth of the process's peak
 resident set of a fresh process that imports the library, builds the model and runs one forward
 (imports and weights included, as a user's process would see it).
 """
@@ -137,18 +138,54 @@ def _memory_child(impl:str, setting:str) -> None:
     print(int(hwm.split()[1]) / 1024)
 
 
-def run_setting(name:str, repeats:int, warmup:int, memory:bool=True) -> list[dict]:
-    arch, side, batch = SETTINGS[name]
+def _worker(impl:str, setting:str, threads:int, warmup:int, conn) -> None:
+    "One candidate in a process of its own: build it, warm up, then time one forward per request from the parent."
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    arch, side, batch = SETTINGS[setting]
+    fn = CANDIDATES[impl](arch)
+    conn.send(fn is not None)
+    if fn is None: return
     x = torch.randn(batch, 3, side, side)
-    cands = {k: f(arch) for k, f in CANDIDATES.items()}
-    cands = {k: v for k, v in cands.items() if v is not None}
-    times = {k: [] for k in cands}
     with torch.inference_mode():
-        for fn in cands.values():
-            for _ in range(warmup): fn(x)
-        for _ in range(repeats):
-            for k, fn in cands.items():
-                t0 = time.perf_counter(); fn(x); times[k].append(time.perf_counter() - t0)
+        for _ in range(warmup): fn(x)
+        conn.send("ready")
+        while conn.recv() == "run":
+            t0 = time.perf_counter(); fn(x); conn.send(time.perf_counter() - t0)
+
+
+def run_setting(name:str, repeats:int, warmup:int, memory:bool=True, threads:int=2, same_process:bool=False) -> list[dict]:
+    """Median time of every candidate, one forward of each in turn. By default each candidate lives in a process of its
+    own (idle while the others run), so one runtime's thread pool cannot slow another's: with ONNX Runtime sessions in
+    the same process eager torch ran 15-20x slower on an AMX host. `same_process` measures them side by side instead."""
+    arch, side, batch = SETTINGS[name]
+    if same_process:
+        x = torch.randn(batch, 3, side, side)
+        cands = {k: f(arch) for k, f in CANDIDATES.items()}
+        cands = {k: v for k, v in cands.items() if v is not None}
+        def step(k): fn = cands[k]; t0 = time.perf_counter(); fn(x); return time.perf_counter() - t0
+        with torch.inference_mode():
+            for fn in cands.values():
+                for _ in range(warmup): fn(x)
+    else:
+        import multiprocessing as mp
+        ctx, procs, conns = mp.get_context("spawn"), {}, {}
+        for k in CANDIDATES:
+            parent, child = ctx.Pipe()
+            procs[k] = ctx.Process(target=_worker, args=(k, name, threads, warmup, child), daemon=True)
+            procs[k].start()
+            if parent.recv(): conns[k] = parent                                   # False: no such model (timm ConvNeXt)
+            else: procs.pop(k).join()
+        for c in conns.values(): c.recv()                                        # every worker warmed up
+        cands = conns
+        def step(k): conns[k].send("run"); return conns[k].recv()
+    times = {k: [] for k in cands}
+    for _ in range(repeats):
+        for k in cands:
+            times[k].append(step(k))
+            if not same_process: time.sleep(0.02)                                # let the last runtime's threads go idle
+    if not same_process:
+        for k, c in conns.items(): c.send("stop"); procs[k].join()
     rows = []
     for k in cands:
         ms = statistics.median(times[k]) * 1000
@@ -162,6 +199,8 @@ def main(argv=None):
     p.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory column (one fresh process per row)")
+    p.add_argument("--same-process", action="store_true", help="run every candidate in this process (default: one "
+                   "process per candidate, driven round-robin, so runtimes' thread pools cannot slow each other)")
     p.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._memory: return _memory_child(*a._memory)
@@ -171,11 +210,12 @@ def main(argv=None):
     from dinov3nb.deploy.fast import choose, cpu_isa
     auto = choose(cpu_isa())
     print(cpu_header())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 inputs, median of {repeats} round-robin runs\n")
+    where = "all in this process" if a.same_process else "each candidate in a process of its own"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 inputs, median of {repeats} round-robin runs ({where})\n")
     print("| setting | impl | ms | img/s | peak RSS (MB) | ours / best other |")
     print("|---|---|---:|---:|---:|---:|")
     for s in a.settings:
-        rows = run_setting(s, repeats, warmup, memory=not a.no_memory)
+        rows = run_setting(s, repeats, warmup, memory=not a.no_memory, threads=a.threads, same_process=a.same_process)
         best_eager = max(r["ips"] for r in rows if r["impl"] in ("huggingface", "timm"))
         best_any = max(r["ips"] for r in rows if not r["impl"].startswith("dinov3nb"))
         for r in rows:

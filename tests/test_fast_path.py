@@ -23,6 +23,9 @@ def test_the_isa_decides_the_precision():
     assert amx.amx and amx.bf16 and amx.vnni and not avx2.bf16 and avx2.flags == ["avx2"]
     assert (choose(amx, openvino=True).backend, choose(amx, openvino=True).precision) == ("openvino", "bf16")
     assert (choose(avx2, openvino=True).backend, choose(avx2, openvino=True).precision) == ("openvino", "int8")
+    zen4 = cpu_isa("model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n")
+    assert zen4.bf16 and not zen4.amx and choose(zen4, openvino=True).precision == "int8"  # VNNI int8 beats vdpbf16ps
+    assert choose(zen4, "bf16", openvino=True).precision == "bf16"
     for isa in (amx, avx2):  # without OpenVINO: the exact fp32 ONNX Runtime path, and the reason says how to get more
         c = choose(isa, openvino=False)
         assert (c.backend, c.precision) == ("onnxruntime", "fp32") and "dinov3nb[openvino]" in c.reason

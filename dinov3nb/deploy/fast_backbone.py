@@ -167,7 +167,7 @@ def add_backend_options(
     "Add `--backend` (default torch) and `--precision` to a command's parser."
     parser.add_argument("--backend", default="torch", choices=[*CLI_BACKENDS, *(["tensorrt"] if tensorrt else [])],
                         help="runtime of the backbone: torch (default), auto (the CPU's fastest: OpenVINO bf16 on AMX / "
-                        "AVX512-BF16, int8 elsewhere, else ONNX Runtime fp32; needs the onnx extra, openvino for bf16/int8), "
+                        "int8 elsewhere, else ONNX Runtime fp32; needs the onnx extra, openvino for bf16/int8), "
                         "onnxruntime, openvino" + (", or tensorrt (NVIDIA GPU / Jetson; camera/video only)" if tensorrt else ""))
     parser.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="precision of a fast --backend: "
                         "auto (the CPU's best that keeps accuracy), fp32, bf16 (AMX / AVX512-BF16) or int8 (default auto)")
