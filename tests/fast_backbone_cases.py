@@ -6,25 +6,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 from dinov3nb.deploy.fast import choose, cpu_isa, has_openvino  # noqa: E402
 from dinov3nb.deploy.fast_backbone import FastBackbone  # noqa: E402
 from dinov3nb.errors import UserError  # noqa: E402
+from dinov3nb.testing import blocks_matter  # noqa: E402
 from dinov3nb.models.transforms import preprocess  # noqa: E402
 from dinov3nb.models.vit import DinoVisionTransformer, ViTConfig  # noqa: E402
-
-
-def blocks_matter(model, seed=0):
-    "LayerScale 1 and weights of std 1/sqrt(fan-in): a random model whose blocks change the tokens a lot."
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for b in model.blocks:
-            b.ls1.gamma.fill_(1.0); b.ls2.gamma.fill_(1.0)
-            for m in b.modules():
-                if isinstance(m, nn.Linear): m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features ** 0.5)
-    return model.eval()
 
 
 def runnable_precisions():

@@ -10,6 +10,7 @@ from torch import nn
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 from dinov3nb.deploy.fast import accelerate, choose, cpu_isa, has_openvino  # noqa: E402
 from dinov3nb.errors import UserError  # noqa: E402
+from dinov3nb.testing import blocks_matter  # noqa: E402
 from dinov3nb.models.transforms import preprocess  # noqa: E402
 from dinov3nb.models.vit import DinoVisionTransformer, ViTConfig  # noqa: E402
 from dinov3nb.shapesworld import ShapesWorld  # noqa: E402
@@ -32,17 +33,6 @@ def test_the_isa_decides_the_precision():
     with pytest.raises(UserError, match="AMX or AVX512-BF16"): choose(avx2, "bf16", openvino=True)
     with pytest.raises(UserError, match="choose one of"): choose(amx, "fp16")
     with pytest.raises(ImportError, match=r"dinov3nb\[openvino\]"): choose(amx, backend="openvino", openvino=False)
-
-
-def blocks_matter(model, seed=0):
-    "LayerScale 1 and weights of std 1/sqrt(fan-in): a random model whose blocks change the tokens a lot."
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for b in model.blocks:
-            b.ls1.gamma.fill_(1.0); b.ls2.gamma.fill_(1.0)
-            for m in b.modules():
-                if isinstance(m, nn.Linear): m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features ** 0.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ from ..train.ssl_step import SSLLossConfig, ssl_model, head_from_official, ssl_f
 # %% auto #0
 __all__ = ['SSL_REFERENCE_BOUNDS', 'reference_dir', 'max_rel_diff', 'vit_reference_diffs', 'assert_within', 'check_vit_reference',
            'check_multicrop_reference', 'convnext_reference_diffs', 'check_convnext_reference',
-           'losses_reference_diffs', 'load_ssl_reference', 'ssl_step_reference_diffs', 'check_ssl_step_reference']
+           'losses_reference_diffs', 'load_ssl_reference', 'ssl_step_reference_diffs', 'check_ssl_step_reference',
+           'blocks_matter']
 
 # %% ../../nbs/99_testing.parity.ipynb #50ad7029
 def reference_dir() -> Path|None:
@@ -228,3 +229,17 @@ def check_ssl_step_reference(name:str="ssl_step", ref:Path|None=None) -> dict[st
     bad = {k: v for k, v in diffs.items() if not v <= (loss_tol if k.startswith("out.") else grad_tol)}
     if bad: raise AssertionError(f"{name}: terms off by more than ({loss_tol}, {grad_tol}) relative: {bad}")
     return diffs
+
+# %% ../../nbs/99_testing.parity.ipynb #01c084a1
+def blocks_matter(
+    model:torch.nn.Module, # a dinov3nb ViT (anything with `blocks[i].ls1/ls2` LayerScales)
+    seed:int=0, # seed of the weights drawn
+) -> torch.nn.Module:
+    "Set LayerScale to 1 and linear weights to std 1/sqrt(fan-in) in every block, in place; return `model` in eval mode."
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for b in model.blocks:
+            b.ls1.gamma.fill_(1.0); b.ls2.gamma.fill_(1.0)
+            for m in b.modules():
+                if isinstance(m, torch.nn.Linear): m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features ** 0.5)
+    return model.eval()
